@@ -1,0 +1,1 @@
+//! The execute supervisor: spawn, forward signals, reap, stop escalation, exit status.

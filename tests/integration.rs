@@ -1,0 +1,3 @@
+//! Integration tests: they drive the real `consullock` binary against a Consul address.
+
+mod support;
