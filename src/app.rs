@@ -1,0 +1,264 @@
+/*!
+The `consullock` program: parse the command line, run the subcommand, map the outcome to an exit
+code. `main.rs` only calls [`main`].
+
+stdout carries only results (JSON for `lock` and `unlock`; the child's own output for `execute`);
+everything else goes to stderr.
+*/
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, DevServerArgs, LockArgs, UnlockArgs};
+use crate::config::ConsulConfig;
+use crate::consul::Client;
+use crate::error::Error;
+use crate::exit;
+use crate::key::validate_key;
+use crate::lock::{self, AcquireOptions, Hooks};
+use crate::session::SessionSettings;
+
+/// Session TTL bounds (seconds), as Consul and consullock 4.2 enforce them; 0 means no TTL.
+pub const SESSION_TTL_RANGE: std::ops::RangeInclusive<f64> = 10.0..=86400.0;
+/// Lock-delay bounds (seconds): Consul applies at most 60 s.
+pub const LOCK_DELAY_RANGE: std::ops::RangeInclusive<f64> = 0.0..=60.0;
+
+/// `lock` defaults, as in consullock 4.2: a day-long session that is not renewed, and no
+/// lock-delay so that `lock`, `unlock`, `lock` from a shell never waits.
+const LOCK_DEFAULT_TTL: f64 = 86400.0;
+const LOCK_DEFAULT_LOCK_DELAY: f64 = 0.0;
+
+/// Runs the program and returns its exit code.
+pub fn main() -> std::process::ExitCode {
+    let code = run(std::env::args_os().collect());
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
+}
+
+fn run(args: Vec<OsString>) -> i32 {
+    let raw_args = args.clone();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => exit::SUCCESS,
+                _ => exit::INVALID_ARGUMENTS,
+            };
+        }
+    };
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return report(&Error::Io(e)),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Lock(args) => run_lock(args).await,
+            Command::Unlock(args) => run_unlock(args).await,
+            Command::Execute(args) => {
+                // clap drops the `--` that marks the direct form of a single-argument command.
+                let direct = args.command.len() > 1 || raw_args.iter().any(|a| a == "--");
+                crate::execute::run(args, direct).await
+            }
+            Command::DevServer(args) => run_dev_server(args, cli.verbose).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints the one-line error and returns its exit code.
+fn report(error: &Error) -> i32 {
+    eprintln!("consullock: {error}");
+    error.exit_code()
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(verbose >= 3)
+        .try_init();
+}
+
+/// Connection settings and client from the environment.
+pub(crate) fn client_from_env() -> Result<Client, Error> {
+    let config = ConsulConfig::from_env()?;
+    Ok(Client::new(&config)?)
+}
+
+/// Seconds given on the command line, checked against a range.
+pub(crate) fn seconds(
+    name: &str,
+    value: f64,
+    range: &std::ops::RangeInclusive<f64>,
+) -> Result<Duration, String> {
+    if !value.is_finite() || !range.contains(&value) {
+        return Err(format!(
+            "{name} must be between {} and {} seconds, got {value}",
+            range.start(),
+            range.end()
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Session settings from the lock options, with the subcommand's defaults.
+pub(crate) fn session_settings(
+    args: &LockArgs,
+    default_ttl: f64,
+    default_lock_delay: f64,
+) -> Result<SessionSettings, Error> {
+    let ttl = args.session_ttl.unwrap_or(default_ttl);
+    let ttl = if ttl == 0.0 {
+        None
+    } else {
+        Some(
+            seconds("--session-ttl", ttl, &SESSION_TTL_RANGE).map_err(|e| {
+                Error::InvalidSessionSettings(format!("invalid session TTL: {e} (or 0 for no TTL)"))
+            })?,
+        )
+    };
+    let lock_delay = seconds(
+        "--lock-delay",
+        args.lock_delay.unwrap_or(default_lock_delay),
+        &LOCK_DELAY_RANGE,
+    )
+    .map_err(|e| Error::InvalidSessionSettings(format!("invalid lock-delay: {e}")))?;
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    Ok(SessionSettings {
+        name: format!(
+            "consullock {} on {host} (pid {})",
+            args.key,
+            std::process::id()
+        ),
+        ttl,
+        lock_delay,
+        ttl_only: args.ttl_only,
+    })
+}
+
+/// Acquire options from the lock options.
+pub(crate) fn acquire_options(args: &LockArgs, keep_alive: bool) -> Result<AcquireOptions, Error> {
+    let timeout =
+        seconds("--timeout", args.timeout, &(0.0..=f64::MAX)).map_err(Error::InvalidArguments)?;
+    let interval =
+        seconds("-i", args.interval, &(0.0..=f64::MAX)).map_err(Error::InvalidArguments)?;
+    let metadata = args.metadata.as_ref().map(|text| {
+        // Lenient, as consullock 4.2: what is not JSON is kept as a string.
+        serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+    });
+    Ok(AcquireOptions {
+        non_blocking: args.non_blocking,
+        timeout: (!timeout.is_zero()).then_some(timeout),
+        metadata,
+        hooks: Hooks {
+            before_lock: args.on_before_lock.clone(),
+            already_locked: args.on_already_locked.clone(),
+        },
+        lock_delay_backoff_cap: interval,
+        keep_alive,
+    })
+}
+
+/// Resolves on the first SIGINT or SIGTERM with its number.
+pub(crate) async fn interrupt_signal() -> Result<impl std::future::Future<Output = i32>, Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => libc_signal::SIGINT,
+            _ = terminate.recv() => libc_signal::SIGTERM,
+        }
+    })
+}
+
+mod libc_signal {
+    pub(super) const SIGINT: i32 = nix::sys::signal::Signal::SIGINT as i32;
+    pub(super) const SIGTERM: i32 = nix::sys::signal::Signal::SIGTERM as i32;
+}
+
+async fn run_lock(args: LockArgs) -> Result<i32, Error> {
+    validate_key(&args.key)?;
+    let settings = session_settings(&args, LOCK_DEFAULT_TTL, LOCK_DEFAULT_LOCK_DELAY)?;
+    let options = acquire_options(&args, false)?;
+    let client = client_from_env()?;
+    // Handlers first: a SIGTERM during the wait must destroy our session, not kill us.
+    let signal = interrupt_signal().await?;
+    let (signal_tx, mut signal_rx) = tokio::sync::oneshot::channel();
+    let cancel = async move {
+        let number = signal.await;
+        let _ = signal_tx.send(number);
+    };
+    match lock::acquire(&client, &args.key, &settings, &options, cancel).await {
+        Ok(held) => {
+            let fencing_token = held.fencing_token();
+            let lock_index = held.lock_index();
+            let info = held.leave_held();
+            let mut json = serde_json::to_value(&info).unwrap_or_default();
+            if let Some(object) = json.as_object_mut() {
+                object.insert("lockIndex".into(), lock_index.into());
+                object.insert("fencingToken".into(), fencing_token.into());
+            }
+            println!("{json}");
+            Ok(exit::SUCCESS)
+        }
+        Err(e) => {
+            let error = match (Error::from(e), signal_rx.try_recv()) {
+                (Error::Interrupted { .. }, Ok(signal)) => Error::Interrupted { signal },
+                (error, _) => error,
+            };
+            if matches!(error, Error::NotAcquired { .. } | Error::Timeout { .. }) {
+                println!("null");
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn run_unlock(args: UnlockArgs) -> Result<i32, Error> {
+    let client = client_from_env()?;
+    if args.regex {
+        let pattern = regex::Regex::new(&args.key)
+            .map_err(|e| Error::InvalidArguments(format!("invalid regular expression: {e}")))?;
+        let released = lock::unlock_regex(&client, &pattern).await?;
+        println!("{}", serde_json::Value::from(released));
+    } else {
+        validate_key(&args.key)?;
+        if lock::unlock(&client, &args.key).await? {
+            println!("{}", serde_json::Value::from(args.key));
+        } else {
+            println!("null");
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+async fn run_dev_server(args: DevServerArgs, verbose: u8) -> Result<i32, Error> {
+    crate::devserver::run(crate::devserver::Options {
+        listen: args.listen,
+        acl_token: args.acl_token,
+        verbose,
+    })
+    .await?;
+    Ok(exit::SUCCESS)
+}

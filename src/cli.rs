@@ -1,0 +1,180 @@
+/*!
+The command line: clap definitions and help text, nothing else.
+
+Subcommands and options follow consullock 4.2 (`lock`, `unlock`, `execute`, `-v`, `--session-ttl`,
+`--non-blocking`, `--timeout`, `--metadata`, `--on-before-lock`, `--on-already-locked`, `-i`) so
+existing scripts keep working; the rest is new.
+*/
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Connection settings come from the environment, as for the consul CLI: CONSUL_HTTP_ADDR \
+(host[:port], http://, https://, unix://; default 127.0.0.1:8500), CONSUL_HTTP_TOKEN, \
+CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_SSL, CONSUL_HTTP_SSL_VERIFY, CONSUL_CACERT, CONSUL_CAPATH, \
+CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_TLS_SERVER_NAME, CONSUL_HTTP_AUTH, CONSUL_NAMESPACE, \
+CONSUL_PARTITION, and CONSUL_SCHEME and CONSUL_DC as consullock 4.2 reads them.
+
+Exit codes: 0 success; 2 invalid environment; 3 invalid arguments; 4 permission denied; 5 timeout; \
+6 invalid key; 7 invalid session TTL or lock-delay; 8 Consul unreachable or error; 100 lock held \
+elsewhere; 101 lock lost (execute); 126/127 command cannot run / not found; 128+N signal N. \
+execute exits with its command's code once the command ran.";
+
+/// Run commands only while holding a Consul lock; take and release locks from shells.
+#[derive(Debug, Parser)]
+#[command(name = "consullock", version, about, after_long_help = AFTER_HELP)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); stdout carries only results.
+    #[arg(short, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Acquire a lock, print its JSON and exit, leaving it held until `unlock` or its TTL.
+    Lock(LockArgs),
+    /// Release a lock (anyone's) by destroying the session that holds it.
+    Unlock(UnlockArgs),
+    /// Run a command while holding a lock: renew it, forward signals, stop the command if the
+    /// lock is lost, release it when the command ends, and exit with the command's code.
+    Execute(ExecuteArgs),
+    /// Run an in-memory Consul-compatible server for development and tests (keeps nothing on
+    /// disk; no replacement for Consul).
+    DevServer(DevServerArgs),
+}
+
+/// Options shared by `lock` and `execute`.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Lock key, e.g. `jobs/backup` (must not contain `//` and must be normalised).
+    pub key: String,
+
+    /// Session TTL in seconds: 10..=86400, or 0 for no TTL [default: lock 86400, execute 15].
+    #[arg(long, value_name = "SECONDS")]
+    pub session_ttl: Option<f64>,
+
+    /// Lock-delay in seconds (0..=60): after the session is invalidated, nobody can take the
+    /// lock for this long [default: lock 0, execute 15].
+    #[arg(long, value_name = "SECONDS")]
+    pub lock_delay: Option<f64>,
+
+    /// Create a TTL-only session with no node health check: a flapping node check cannot take
+    /// the lock away (safety over liveness).
+    #[arg(long)]
+    pub ttl_only: bool,
+
+    /// Make exactly one attempt; if the lock is held, exit 100 (or --conflict-exit-code).
+    #[arg(long)]
+    pub non_blocking: bool,
+
+    /// Give up waiting after this many seconds (0 waits for ever); exit 5.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub timeout: f64,
+
+    /// Metadata to store in the lock's value: JSON, or else taken as a string.
+    #[arg(long, value_name = "JSON")]
+    pub metadata: Option<String>,
+
+    /// Executables run before each attempt, with the key as only argument (failures ignored).
+    #[arg(long, value_name = "EXE", num_args = 1.., action = clap::ArgAction::Append)]
+    pub on_before_lock: Vec<OsString>,
+
+    /// Executables run after each attempt that found the lock held, with the key as only
+    /// argument (failures ignored).
+    #[arg(long, value_name = "EXE", num_args = 1.., action = clap::ArgAction::Append)]
+    pub on_already_locked: Vec<OsString>,
+
+    /// Kept for consullock 4.2, which polled every I seconds. consullock waits with blocking
+    /// queries instead; I only caps the retry pause while a lock-delay keeps a free key locked.
+    #[arg(short = 'i', value_name = "SECONDS", default_value_t = 1.0)]
+    pub interval: f64,
+}
+
+/// `unlock` options.
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Treat KEY as a regular expression and release every lock whose key fully matches it.
+    #[arg(short = 'r', long = "regex")]
+    pub regex: bool,
+
+    /// Lock key (or regular expression with -r).
+    pub key: String,
+}
+
+/// `execute` options.
+#[derive(Debug, Args)]
+pub struct ExecuteArgs {
+    /// Lock options.
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// Seconds between SIGTERM and SIGKILL when the command must stop (lock lost, signal).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub kill_grace: f64,
+
+    /// Exit code when the lock is not acquired (--non-blocking or --timeout); e.g. 0 so that a
+    /// skipped cron run is not a failure [default: 100, or 5 on timeout].
+    #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u8))]
+    pub conflict_exit_code: Option<u8>,
+
+    /// Exit code when the lock was lost and the command stopped.
+    #[arg(long, value_name = "CODE", default_value_t = 101, value_parser = clap::value_parser!(u8))]
+    pub lock_lost_exit_code: u8,
+
+    /// Become a child subreaper (when not PID 1), so orphaned grandchildren are reaped here.
+    #[arg(long)]
+    pub subreaper: bool,
+
+    /// The command: one string runs through `sh -c` (as in consullock 4.2); after `--`, or as
+    /// several arguments, the program runs directly with its arguments untouched.
+    #[arg(value_name = "COMMAND", required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<OsString>,
+}
+
+/// `dev-server` options.
+#[derive(Debug, Args)]
+pub struct DevServerArgs {
+    /// Address to listen on (port 0 picks a free port; the start-up line says which).
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    pub listen: SocketAddr,
+
+    /// Require this ACL token on every request (403 `Permission denied` without it).
+    #[arg(long, value_name = "TOKEN")]
+    pub acl_token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_model_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn execute_command_forms() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Execute(e) => e.command,
+            _ => unreachable!(),
+        };
+        assert_eq!(parse(&["c", "execute", "k", "echo hi"]), ["echo hi"]);
+        assert_eq!(
+            parse(&["c", "execute", "k", "--", "ls", "-la"]),
+            ["ls", "-la"]
+        );
+        assert_eq!(
+            parse(&["c", "execute", "--timeout", "3", "k", "ls", "-l", "--", "x"]),
+            ["ls", "-l", "--", "x"]
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! The JSON shapes of Consul's session and KV endpoints, and read options.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// What Consul does with a session's keys when the session is invalidated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Behavior {
+    /// Keys are released (their Session is cleared).
+    Release,
+    /// Keys are deleted.
+    Delete,
+}
+
+/// The body of `PUT /v1/session/create`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRequest {
+    /// Human-readable name, shown by `consul` tools.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Time to live; `None` for a session without TTL.
+    #[serde(
+        rename = "TTL",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ttl"
+    )]
+    pub ttl: Option<Duration>,
+    /// Lock-delay applied to held keys when the session is invalidated.
+    #[serde(rename = "LockDelay", serialize_with = "lock_delay")]
+    pub lock_delay: Duration,
+    /// Release or delete held keys on invalidation.
+    #[serde(rename = "Behavior")]
+    pub behavior: Behavior,
+    /// Node health checks bound to the session: `None` keeps Consul's default (`serfHealth`),
+    /// `Some(vec![])` makes a TTL-only session that no health check can invalidate.
+    #[serde(rename = "NodeChecks", skip_serializing_if = "Option::is_none")]
+    pub node_checks: Option<Vec<String>>,
+}
+
+/// Consul parses TTL with Go's `time.ParseDuration`; whole seconds are exact.
+fn ttl<S: Serializer>(ttl: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match ttl {
+        Some(ttl) => s.serialize_str(&format!("{}s", ttl.as_secs())),
+        None => s.serialize_none(),
+    }
+}
+
+/// Milliseconds, as the Go client sends it. A zero delay is sent as `"0s"`, not left out:
+/// left out, the server would apply its default of 15 s.
+fn lock_delay<S: Serializer>(delay: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    if delay.is_zero() {
+        s.serialize_str("0s")
+    } else {
+        s.serialize_str(&format!("{}ms", delay.as_millis().max(1)))
+    }
+}
+
+/// A session as `/v1/session/info` and `/renew` describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SessionEntry {
+    /// Session id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Name given at creation.
+    #[serde(rename = "Name", default)]
+    pub name: String,
+    /// The node the session belongs to.
+    #[serde(rename = "Node", default)]
+    pub node: String,
+    /// Lock-delay in nanoseconds.
+    #[serde(rename = "LockDelay", default)]
+    pub lock_delay_ns: u64,
+    /// `release` or `delete`.
+    #[serde(rename = "Behavior", default)]
+    pub behavior: String,
+    /// TTL as a Go duration string (`"15s"`), empty without TTL. The server may answer a higher
+    /// TTL than requested to ask for slower renewals.
+    #[serde(rename = "TTL", default)]
+    pub ttl: String,
+    /// Raft index of creation.
+    #[serde(rename = "CreateIndex", default)]
+    pub create_index: u64,
+}
+
+/// The JSON of a KV entry, before its base64 value is decoded.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawKvEntry {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "Value", default)]
+    value: Option<String>,
+    #[serde(rename = "Flags", default)]
+    flags: u64,
+    #[serde(rename = "Session", default)]
+    session: Option<String>,
+    #[serde(rename = "LockIndex", default)]
+    lock_index: u64,
+    #[serde(rename = "CreateIndex", default)]
+    create_index: u64,
+    #[serde(rename = "ModifyIndex", default)]
+    modify_index: u64,
+}
+
+impl RawKvEntry {
+    pub(super) fn decode(self) -> Result<KvEntry, String> {
+        let value = match self.value {
+            None => Vec::new(),
+            Some(text) => base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .map_err(|e| format!("the value of key {:?} is not base64: {e}", self.key))?,
+        };
+        Ok(KvEntry {
+            key: self.key,
+            value,
+            flags: self.flags,
+            session: self.session.filter(|s| !s.is_empty()),
+            lock_index: self.lock_index,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+        })
+    }
+}
+
+/// A KV entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value's bytes (empty when Consul has none).
+    pub value: Vec<u8>,
+    /// Opaque flags.
+    pub flags: u64,
+    /// The session holding the key's lock, if any.
+    pub session: Option<String>,
+    /// How many times the key's lock has been acquired.
+    pub lock_index: u64,
+    /// Raft index of creation.
+    pub create_index: u64,
+    /// Raft index of the last change.
+    pub modify_index: u64,
+}
+
+/// A read result with Consul's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed<T> {
+    /// The result.
+    pub value: T,
+    /// `X-Consul-Index`: pass it back as [`QueryOptions::index`] to block until it changes.
+    pub index: u64,
+    /// `X-Consul-KnownLeader`.
+    pub known_leader: bool,
+    /// `X-Consul-LastContact`.
+    pub last_contact: Duration,
+}
+
+/// Options of a read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryOptions {
+    /// Block until the result's index passes this one (ignored when 0 or `None`).
+    pub index: Option<u64>,
+    /// How long the server may block (default 5 min, at most 10 min).
+    pub wait: Option<Duration>,
+    /// `?consistent`: the leader confirms its leadership before answering.
+    pub consistent: bool,
+    /// Deadline of a non-blocking read (default [`super::DEFAULT_REQUEST_TIMEOUT`]).
+    pub timeout: Option<Duration>,
+}
+
+impl QueryOptions {
+    /// A blocking read that returns once the index passes `index` or after `wait`.
+    pub fn blocking(index: u64, wait: Duration) -> QueryOptions {
+        QueryOptions {
+            index: Some(index),
+            wait: Some(wait),
+            ..QueryOptions::default()
+        }
+    }
+
+    /// The same options with `?consistent`.
+    pub fn consistent(mut self) -> QueryOptions {
+        self.consistent = true;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_request_json() {
+        let request = SessionRequest {
+            name: "n".into(),
+            ttl: Some(Duration::from_secs(15)),
+            lock_delay: Duration::ZERO,
+            behavior: Behavior::Delete,
+            node_checks: Some(vec![]),
+        };
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"Name":"n","TTL":"15s","LockDelay":"0s","Behavior":"delete","NodeChecks":[]})
+        );
+        let request = SessionRequest {
+            ttl: None,
+            lock_delay: Duration::from_secs(15),
+            node_checks: None,
+            ..request
+        };
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"Name":"n","LockDelay":"15000ms","Behavior":"delete"})
+        );
+    }
+
+    #[test]
+    fn kv_entry_decodes_value_and_empty_session() {
+        let raw: Vec<RawKvEntry> = serde_json::from_str(
+            r#"[{"LockIndex":1,"Key":"k","Flags":3,"Value":"aGk=","CreateIndex":5,"ModifyIndex":6}]"#,
+        )
+        .unwrap();
+        let entry = raw.into_iter().next().unwrap().decode().unwrap();
+        assert_eq!(entry.value, b"hi");
+        assert_eq!(
+            (entry.flags, entry.session, entry.modify_index),
+            (3, None, 6)
+        );
+        let raw: RawKvEntry = serde_json::from_str(r#"{"Key":"k","Value":null}"#).unwrap();
+        assert!(raw.decode().unwrap().value.is_empty());
+    }
+}

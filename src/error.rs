@@ -1,0 +1,102 @@
+/*!
+The one error type of consullock, and the single place that turns an error into an exit code.
+*/
+
+use crate::config::ConfigError;
+use crate::consul::ConsulError;
+use crate::exit;
+use crate::key::InvalidKey;
+use crate::lock::AcquireError;
+use crate::session::LossReason;
+
+/// Everything that can go wrong in consullock.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An environment variable has an invalid value.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Invalid command-line arguments or options.
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    /// An invalid lock key.
+    #[error(transparent)]
+    InvalidKey(#[from] InvalidKey),
+    /// An invalid session TTL or lock-delay.
+    #[error("{0}")]
+    InvalidSessionSettings(String),
+    /// Consul failed.
+    #[error("{}", consul_message(.0))]
+    Consul(#[from] ConsulError),
+    /// The lock is held elsewhere and only one attempt was allowed.
+    #[error("unable to acquire lock: {key} (held by another session)")]
+    NotAcquired {
+        /// The key.
+        key: String,
+    },
+    /// The wait for the lock timed out.
+    #[error("timed out after {:.1}s waiting for the lock {key}", .waited.as_secs_f64())]
+    Timeout {
+        /// The key.
+        key: String,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+    /// The lock was lost while held.
+    #[error("lock lost on {key}: {reason}")]
+    LockLost {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: LossReason,
+    },
+    /// A signal ended the operation.
+    #[error("interrupted by signal {signal}")]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+    },
+    /// The operating system refused something basic (signal handlers, a runtime).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn consul_message(error: &ConsulError) -> String {
+    match error {
+        ConsulError::PermissionDenied { .. } => format!(
+            "{error}; check CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE): the token needs \
+             session:write and key:write on the lock's key"
+        ),
+        _ => error.to_string(),
+    }
+}
+
+impl From<AcquireError> for Error {
+    fn from(error: AcquireError) -> Error {
+        match error {
+            AcquireError::NotAcquired { key } => Error::NotAcquired { key },
+            AcquireError::TimedOut { key, waited } => Error::Timeout { key, waited },
+            // The caller that cancelled knows which signal did it and reports that instead.
+            AcquireError::Cancelled { .. } => Error::Interrupted { signal: 0 },
+            AcquireError::Consul(e) => Error::Consul(e),
+        }
+    }
+}
+
+impl Error {
+    /// The exit code for this error (see [`crate::exit`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => exit::INVALID_ENVIRONMENT,
+            Error::InvalidArguments(_) => exit::INVALID_ARGUMENTS,
+            Error::InvalidKey(_) => exit::INVALID_KEY,
+            Error::InvalidSessionSettings(_) => exit::INVALID_SESSION_SETTINGS,
+            Error::Consul(ConsulError::PermissionDenied { .. }) => exit::PERMISSION_DENIED,
+            Error::Consul(_) => exit::CONSUL_ERROR,
+            Error::NotAcquired { .. } => exit::NOT_ACQUIRED,
+            Error::Timeout { .. } => exit::TIMEOUT,
+            Error::LockLost { .. } => exit::LOCK_LOST,
+            Error::Interrupted { signal } => exit::from_signal(*signal),
+            Error::Io(_) => exit::INTERNAL,
+        }
+    }
+}
