@@ -137,10 +137,35 @@ impl Terminal {
     }
 }
 
-/// Whether any process of group `pgid` still exists (zombies count until reaped).
+/// Whether any *live* process of group `pgid` is left.
+///
+/// `kill(-pgid, 0)` alone also counts zombies, and a zombie of the group that was re-parented
+/// to init (we are neither PID 1 nor a subreaper) lingers until init gets round to reaping it,
+/// which some inits do only every second or two. A zombie runs nothing, so when the kill probe
+/// says "exists", /proc settles whether anything of the group still runs.
 pub(crate) fn group_alive(pgid: i32) -> bool {
-    !matches!(
+    if matches!(
         nix::sys::signal::kill(Pid::from_raw(-pgid), None),
         Err(nix::errno::Errno::ESRCH)
-    )
+    ) {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true; // no procfs: trust the probe
+    };
+    let pgid = pgid.to_string();
+    entries.filter_map(Result::ok).any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false; // not a process, or it just went away
+        };
+        // After the parenthesised command name (which may contain spaces and parentheses):
+        // state ppid pgrp ...
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1);
+        pgrp == Some(pgid.as_str()) && !matches!(state, Some("Z" | "X"))
+    })
 }
