@@ -76,6 +76,9 @@ fn start_locked(registry: &mut Registry) -> io::Result<()> {
 pub(crate) struct Spawned {
     pub(crate) pid: i32,
     pub(crate) exit: oneshot::Receiver<ChildStatus>,
+    /// The write end of the child's stdin when the command asked for a pipe.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) stdin: Option<std::process::ChildStdin>,
 }
 
 /// Spawn `command` and register its pid with the reaper, atomically with respect to reaping.
@@ -83,13 +86,14 @@ pub(crate) fn spawn(command: &mut Command) -> io::Result<Spawned> {
     let mut registry = registry();
     start_locked(&mut registry)?;
     // The lock is held across fork/exec: see the module docs.
-    let child = command.spawn()?;
+    let mut child = command.spawn()?;
     let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
+    let stdin = child.stdin.take();
     // Dropping `child` neither waits nor kills: the reaper owns its status from here.
     drop(child);
     let (tx, exit) = oneshot::channel();
     registry.waiters.insert(pid, tx);
-    Ok(Spawned { pid, exit })
+    Ok(Spawned { pid, exit, stdin })
 }
 
 fn reap_loop(mut wake: UnixStream) {

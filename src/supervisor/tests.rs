@@ -600,3 +600,81 @@ async fn as_pid1_reaps_orphans_and_forwards_term() {
     assert!(stderr.contains("pid1 true"), "{stderr}");
     assert!(stderr.lines().any(|l| l == "zombies 0"), "{stderr}");
 }
+
+/// SIGKILL of the supervising process: PR_SET_PDEATHSIG takes the child with it.
+#[tokio::test]
+async fn child_dies_with_a_sigkilled_supervisor() {
+    let demo = example("supervise_demo");
+    let print_signals = example("print_signals");
+    let scratch = Scratch::new("pdeathsig");
+    let out = scratch.file("out");
+    let mut cmd = std::process::Command::new(&demo);
+    cmd.arg("--")
+        .arg(&print_signals)
+        .stdout(std::fs::File::create(&out).expect("out file"));
+    let spawned = reaper::spawn(&mut cmd).expect("spawn demo");
+    let text = wait_for(&out, |t| t.contains("ready ") && t.ends_with('\n')).await;
+    let child: i32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ready "))
+        .and_then(|p| p.parse().ok())
+        .expect("child pid");
+    nix::sys::signal::kill(Pid::from_raw(spawned.pid), NixSignal::SIGKILL).expect("kill demo");
+    let status = tokio::time::timeout(HANDSHAKE_TIMEOUT, spawned.exit).await;
+    assert_eq!(
+        status.expect("demo exits").expect("status"),
+        ChildStatus::Signaled(Signal::KILL)
+    );
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    while process_alive(child) {
+        assert!(
+            Instant::now() < deadline,
+            "child {child} outlived its supervisor"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// On a terminal (a pty from `script`): the child's group becomes the foreground group, so the
+/// child reads the terminal and Ctrl-C reaches it once (from the tty, not again from us), and
+/// the terminal comes back to our group afterwards.
+#[tokio::test]
+async fn terminal_goes_to_the_child_and_back() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: needs script(1) for a pty");
+        return;
+    }
+    let demo = example("supervise_demo");
+    let print_signals = example("print_signals");
+    let scratch = Scratch::new("tty");
+    let out = scratch.file("out");
+    // The pty's shell runs the demo in its own (foreground) group; afterwards it reports
+    // whether its group has the terminal again (fields 5 and 8 of /proc/self/stat).
+    let inner = format!(
+        "'{}' -- '{}' --stdin; echo status=$?; read a b c d e f g h rest < /proc/self/stat; \
+         [ \"$e\" = \"$h\" ] && echo terminal-back",
+        demo.display(),
+        print_signals.display()
+    );
+    let mut cmd = std::process::Command::new("/usr/bin/script");
+    cmd.args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&out).expect("out file"));
+    let mut spawned = reaper::spawn(&mut cmd).expect("spawn script");
+    let mut tty = spawned.stdin.take().expect("stdin pipe");
+    wait_for(&out, |t| t.contains("ready ")).await;
+    std::io::Write::write_all(&mut tty, b"\x03").expect("write ^C");
+    wait_for(&out, |t| t.contains("INT")).await;
+    std::io::Write::write_all(&mut tty, b"exit\n").expect("write exit");
+    // Once script(1) has exited, its whole transcript is in the file.
+    let status = tokio::time::timeout(HANDSHAKE_TIMEOUT, spawned.exit).await;
+    let text = std::fs::read_to_string(&out).expect("transcript");
+    assert_eq!(
+        status.expect("script exits").expect("status"),
+        ChildStatus::Exited(0),
+        "{text}"
+    );
+    assert_eq!(text.matches("INT").count(), 1, "{text}");
+    assert!(text.contains("status=0"), "{text}");
+    assert!(text.contains("terminal-back"), "{text}");
+}
