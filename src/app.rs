@@ -179,35 +179,16 @@ pub(crate) fn acquire_options(args: &LockArgs, keep_alive: bool) -> Result<Acqui
     })
 }
 
-/// Resolves on the first SIGINT or SIGTERM with its number.
-pub(crate) async fn interrupt_signal() -> Result<impl std::future::Future<Output = i32>, Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => libc_signal::SIGINT,
-            _ = terminate.recv() => libc_signal::SIGTERM,
-        }
-    })
-}
-
-mod libc_signal {
-    pub(super) const SIGINT: i32 = nix::sys::signal::Signal::SIGINT as i32;
-    pub(super) const SIGTERM: i32 = nix::sys::signal::Signal::SIGTERM as i32;
-}
-
 async fn run_lock(args: LockArgs) -> Result<i32, Error> {
     validate_key(&args.key)?;
     let settings = session_settings(&args, LOCK_DEFAULT_TTL, LOCK_DEFAULT_LOCK_DELAY)?;
     let options = acquire_options(&args, false)?;
     let client = client_from_env()?;
     // Handlers first: a SIGTERM during the wait must destroy our session, not kill us.
-    let signal = interrupt_signal().await?;
-    let (signal_tx, mut signal_rx) = tokio::sync::oneshot::channel();
-    let cancel = async move {
-        let number = signal.await;
-        let _ = signal_tx.send(number);
+    let mut signals = crate::supervisor::Signals::install()?;
+    let interrupted = std::cell::Cell::new(None);
+    let cancel = async {
+        interrupted.set(Some(crate::execute::wait_for_stop_request(&mut signals).await));
     };
     match lock::acquire(&client, &args.key, &settings, &options, cancel).await {
         Ok(held) => {
@@ -223,8 +204,10 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
             Ok(exit::SUCCESS)
         }
         Err(e) => {
-            let error = match (Error::from(e), signal_rx.try_recv()) {
-                (Error::Interrupted { .. }, Ok(signal)) => Error::Interrupted { signal },
+            let error = match (Error::from(e), interrupted.get()) {
+                (Error::Interrupted { .. }, Some(signal)) => {
+                    Error::Interrupted { signal: signal.as_raw() }
+                }
                 (error, _) => error,
             };
             if matches!(error, Error::NotAcquired { .. } | Error::Timeout { .. }) {

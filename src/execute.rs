@@ -1,12 +1,175 @@
-//! `consullock execute`: hold a lock while a command runs.
+/*!
+`consullock execute`: hold a lock while a command runs, and never let the command run without it.
 
+The order of events is the safety argument, so it is spelled out:
+
+1. signal handlers are installed before anything else, so a SIGTERM during the wait ends the
+   wait cleanly (session destroyed, exit 128+N) instead of killing us with the session alive;
+2. the session is created and renewed every TTL/2 while waiting and holding;
+3. once the lock is held, its key is watched with consistent blocking reads, and a watchdog
+   declares the lock lost when Consul has not confirmed it for the contact window (see
+   [`crate::session::contact_window`]): that window ends `kill_grace` + 1 s before another
+   holder could possibly be granted the lock;
+4. on loss the command's process group gets SIGTERM, then SIGKILL after `kill_grace`;
+5. when the command is done (its whole group gone), the lock is released with `?release` (no
+   lock-delay for the next holder), the key deleted if unchanged, the session destroyed.
+*/
+
+use std::ffi::OsString;
+
+use crate::app::{acquire_options, client_from_env, seconds, session_settings};
 use crate::cli::ExecuteArgs;
 use crate::error::Error;
+use crate::exit;
+use crate::key::validate_key;
+use crate::lock::{self, HeldLock};
+use crate::session::{LossReason, contact_window, wait_lost};
+use crate::supervisor::{self, ChildCommand, Outcome, Signal, Signals, SupervisorOptions};
+
+/// Session TTL of `execute` when `--session-ttl` is not given (renewed every TTL/2).
+pub const DEFAULT_TTL: f64 = 15.0;
+/// Lock-delay of `execute` when `--lock-delay` is not given: Consul's own default.
+pub const DEFAULT_LOCK_DELAY: f64 = 15.0;
 
 /// Runs `execute`; `direct` is true for the `-- PROG ARGS` form (no shell).
 pub async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
-    let _ = (args, direct);
-    Err(Error::InvalidArguments(
-        "execute is not available yet".into(),
-    ))
+    validate_key(&args.lock.key)?;
+    let settings = session_settings(&args.lock, DEFAULT_TTL, DEFAULT_LOCK_DELAY)?;
+    let options = acquire_options(&args.lock, true)?;
+    let kill_grace = seconds("--kill-grace", args.kill_grace, &(0.0..=3600.0))
+        .map_err(Error::InvalidArguments)?;
+    let window = contact_window(&settings, kill_grace).map_err(Error::InvalidArguments)?;
+    if !settings.ttl_only && settings.lock_delay.is_zero() {
+        tracing::warn!(
+            "--lock-delay 0 with node checks: if a node check invalidates the session, another \
+             holder may get the lock before the command is stopped; use --ttl-only or a lock-delay"
+        );
+    }
+    let command = child_command(args.command, direct)?;
+    let client = client_from_env()?;
+
+    // Before anything can be spawned or waited for (see the module docs).
+    let mut signals = Signals::install()?;
+    if args.subreaper {
+        supervisor::become_subreaper()?;
+    }
+
+    let key = args.lock.key.clone();
+    let interrupted = std::cell::Cell::new(None);
+    let cancel = async {
+        interrupted.set(Some(wait_for_stop_request(&mut signals).await));
+    };
+    let mut held = match lock::acquire(&client, &key, &settings, &options, cancel).await {
+        Ok(held) => held,
+        Err(e) => {
+            let error = match (Error::from(e), interrupted.get()) {
+                (Error::Interrupted { .. }, Some(signal)) => {
+                    Error::Interrupted { signal: signal.as_raw() }
+                }
+                (error, _) => error,
+            };
+            return match (&error, args.conflict_exit_code) {
+                (Error::NotAcquired { .. } | Error::Timeout { .. }, Some(code)) => {
+                    eprintln!("consullock: {error}");
+                    Ok(i32::from(code))
+                }
+                _ => Err(error),
+            };
+        }
+    };
+
+    held.watch(window);
+    let env = child_environment(&held);
+    let loss = held.loss_receiver();
+    let lost_reason = std::cell::RefCell::new(None::<LossReason>);
+    let lost = async {
+        let reason = wait_lost(loss).await;
+        *lost_reason.borrow_mut() = Some(reason);
+    };
+    let outcome = supervisor::supervise(
+        command,
+        &SupervisorOptions { kill_grace, env },
+        &mut signals,
+        lost,
+    )
+    .await;
+
+    let code = match &outcome {
+        Outcome::Exited(code) => *code,
+        Outcome::Signaled(signal) => exit::from_signal(signal.as_raw()),
+        Outcome::SpawnFailed { code, error } => {
+            eprintln!("consullock: cannot run the command: {error}");
+            *code
+        }
+        Outcome::LockLost { .. } => {
+            let reason = lost_reason.borrow().clone();
+            let reason = reason.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
+            eprintln!("consullock: lock lost on {key}: {reason}; the command was stopped");
+            i32::from(args.lock_lost_exit_code)
+        }
+    };
+    if let Err(e) = held.release().await {
+        tracing::warn!("releasing the lock on {key} failed: {e}");
+    }
+    Ok(code)
+}
+
+/// Waits for a signal that asks us to stop (TERM, INT, HUP, QUIT). The others have no child to
+/// go to yet and are dropped: as PID 1 nothing else would handle them, and USR1/WINCH must not
+/// end a wait.
+pub(crate) async fn wait_for_stop_request(signals: &mut Signals) -> Signal {
+    loop {
+        let signal = signals.recv().await;
+        if [Signal::TERM, Signal::INT, Signal::HUP, Signal::QUIT].contains(&signal) {
+            return signal;
+        }
+        tracing::debug!("ignoring {signal} while waiting for the lock");
+    }
+}
+
+/// What the child is told about its lock (and `CONSUL_LOCK_HELD` for `consul lock` users).
+fn child_environment(held: &HeldLock) -> Vec<(OsString, OsString)> {
+    vec![
+        ("CONSULLOCK_KEY".into(), held.key().into()),
+        ("CONSULLOCK_SESSION".into(), held.session_id().into()),
+        ("CONSULLOCK_LOCK_INDEX".into(), held.lock_index().to_string().into()),
+        ("CONSULLOCK_FENCING_TOKEN".into(), held.fencing_token().to_string().into()),
+        ("CONSUL_LOCK_HELD".into(), "true".into()),
+    ]
+}
+
+/// One string runs through `sh -c` (consullock 4.2); `--` or several words run directly.
+fn child_command(mut words: Vec<OsString>, direct: bool) -> Result<ChildCommand, Error> {
+    if words.is_empty() {
+        return Err(Error::InvalidArguments("no command given".into()));
+    }
+    if direct {
+        let program = words.remove(0);
+        return Ok(ChildCommand::Exec { program, args: words });
+    }
+    let script = words.remove(0).into_string().map_err(|_| {
+        Error::InvalidArguments("the shell command is not valid UTF-8; use the `--` form".into())
+    })?;
+    Ok(ChildCommand::Shell(script))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_forms() {
+        assert_eq!(
+            child_command(vec!["echo hi".into()], false).unwrap(),
+            ChildCommand::Shell("echo hi".into())
+        );
+        assert_eq!(
+            child_command(vec!["echo hi".into()], true).unwrap(),
+            ChildCommand::Exec { program: "echo hi".into(), args: vec![] }
+        );
+        assert_eq!(
+            child_command(vec!["printf".into(), "a b".into()], true).unwrap(),
+            ChildCommand::Exec { program: "printf".into(), args: vec!["a b".into()] }
+        );
+    }
 }

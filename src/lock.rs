@@ -413,20 +413,14 @@ async fn sleep_until_or_deadline(until: Instant, deadline: Option<Instant>) {
     tokio::time::sleep_until(until).await;
 }
 
-/// Runs each hook with `key` as its only argument; failures are logged and ignored.
+/// Runs each hook with `key` as its only argument; failures are logged and ignored. Hooks go
+/// through the supervisor's reaper, the one place in the process that waits for children.
 async fn run_hooks(hooks: &[OsString], key: &str) {
     for hook in hooks {
-        let hook = hook.clone();
-        let key = key.to_owned();
-        let shown = hook.to_string_lossy().into_owned();
-        let result = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(&hook).arg(&key).status()
-        })
-        .await;
-        match result {
-            Ok(Ok(status)) if status.success() => tracing::debug!(hook = %shown, "hook ran"),
-            Ok(Ok(status)) => tracing::warn!(hook = %shown, "hook failed: {status}"),
-            Ok(Err(e)) => tracing::warn!(hook = %shown, "hook could not run: {e}"),
+        let shown = hook.to_string_lossy();
+        match crate::supervisor::run_hook(hook, &[std::ffi::OsStr::new(key)]).await {
+            Ok(crate::supervisor::ChildStatus::Exited(0)) => tracing::debug!(hook = %shown, "hook ran"),
+            Ok(status) => tracing::warn!(hook = %shown, "hook failed: {status:?}"),
             Err(e) => tracing::warn!(hook = %shown, "hook could not run: {e}"),
         }
     }

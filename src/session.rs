@@ -226,7 +226,7 @@ impl Shared {
             if current.is_some() {
                 return false;
             }
-            tracing::warn!("lock lost: {reason}");
+            tracing::info!("lock lost: {reason}");
             *current = Some(reason);
             true
         });
