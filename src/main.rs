@@ -1,3 +1,5 @@
+//! The `consullock` command (temporary entry point: only `dev-server` for now).
+
 use std::net::SocketAddr;
 
 use clap::Parser;
@@ -23,13 +25,21 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Command::DevServer { listen, acl_token, verbose } => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let result = runtime.block_on(consullock::devserver::run(consullock::devserver::Options {
-                listen,
-                acl_token,
-                verbose,
-            }));
+        Command::DevServer {
+            listen,
+            acl_token,
+            verbose,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let result =
+                runtime.block_on(consullock::devserver::run(consullock::devserver::Options {
+                    listen,
+                    acl_token,
+                    verbose,
+                }));
             if let Err(e) = result {
                 eprintln!("consullock dev-server: {e}");
                 std::process::exit(1);
