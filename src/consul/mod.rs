@@ -84,6 +84,7 @@ pub enum PutMode<'a> {
 impl Client {
     /// Builds a client for `config`. Fails, naming the variable, when a TLS file cannot be used.
     pub fn new(config: &ConsulConfig) -> Result<Client, ConfigError> {
+        tls::install_provider();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_keepalive(TCP_KEEPALIVE)
@@ -610,14 +611,18 @@ fn resolve(host: &str, port: u16) -> Result<std::net::SocketAddr, String> {
 mod tls {
     use crate::config::{ConfigError, ConsulConfig};
 
+    /// reqwest is built without a default crypto provider (ring is smaller than aws-lc and
+    /// builds without a C toolchain) and needs one for any client, even a plain-HTTP one.
+    /// A second install fails harmlessly.
+    pub(super) fn install_provider() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+
     /// Applies the TLS settings: CA file or directory, client certificate, verification.
     pub(super) fn configure(
         mut builder: reqwest::ClientBuilder,
         config: &ConsulConfig,
     ) -> Result<reqwest::ClientBuilder, ConfigError> {
-        // reqwest is built without a default crypto provider (ring is smaller and builds
-        // without a C toolchain); install ring once. A second install fails harmlessly.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = &config.tls;
         let mut roots = Vec::new();
         if let Some(file) = &tls.ca_file {
@@ -683,6 +688,8 @@ mod tls {
 #[cfg(not(feature = "tls"))]
 mod tls {
     use crate::config::{ConfigError, ConsulConfig};
+
+    pub(super) fn install_provider() {}
 
     pub(super) fn configure(
         _builder: reqwest::ClientBuilder,
