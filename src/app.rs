@@ -188,7 +188,9 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
     let mut signals = crate::supervisor::Signals::install()?;
     let interrupted = std::cell::Cell::new(None);
     let cancel = async {
-        interrupted.set(Some(crate::execute::wait_for_stop_request(&mut signals).await));
+        interrupted.set(Some(
+            crate::execute::wait_for_stop_request(&mut signals).await,
+        ));
     };
     match lock::acquire(&client, &args.key, &settings, &options, cancel).await {
         Ok(held) => {
@@ -205,9 +207,9 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
         }
         Err(e) => {
             let error = match (Error::from(e), interrupted.get()) {
-                (Error::Interrupted { .. }, Some(signal)) => {
-                    Error::Interrupted { signal: signal.as_raw() }
-                }
+                (Error::Interrupted { .. }, Some(signal)) => Error::Interrupted {
+                    signal: signal.as_raw(),
+                },
                 (error, _) => error,
             };
             if matches!(error, Error::NotAcquired { .. } | Error::Timeout { .. }) {

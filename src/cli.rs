@@ -58,12 +58,12 @@ pub struct LockArgs {
     pub key: String,
 
     /// Session TTL in seconds: 10..=86400, or 0 for no TTL [default: lock 86400, execute 15].
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub session_ttl: Option<f64>,
 
     /// Lock-delay in seconds (0..=60): after the session is invalidated, nobody can take the
     /// lock for this long [default: lock 0, execute 15].
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub lock_delay: Option<f64>,
 
     /// Create a TTL-only session with no node health check: a flapping node check cannot take
@@ -76,7 +76,12 @@ pub struct LockArgs {
     pub non_blocking: bool,
 
     /// Give up waiting after this many seconds (0 waits for ever); exit 5.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     pub timeout: f64,
 
     /// Metadata to store in the lock's value: JSON, or else taken as a string.
@@ -94,7 +99,12 @@ pub struct LockArgs {
 
     /// Kept for consullock 4.2, which polled every I seconds. consullock waits with blocking
     /// queries instead; I only caps the retry pause while a lock-delay keeps a free key locked.
-    #[arg(short = 'i', value_name = "SECONDS", default_value_t = 1.0)]
+    #[arg(
+        short = 'i',
+        value_name = "SECONDS",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     pub interval: f64,
 }
 
@@ -117,7 +127,12 @@ pub struct ExecuteArgs {
     pub lock: LockArgs,
 
     /// Seconds between SIGTERM and SIGKILL when the command must stop (lock lost, signal).
-    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 5.0,
+        allow_negative_numbers = true
+    )]
     pub kill_grace: f64,
 
     /// Exit code when the lock is not acquired (--non-blocking or --timeout); e.g. 0 so that a

@@ -63,9 +63,9 @@ pub async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
         Ok(held) => held,
         Err(e) => {
             let error = match (Error::from(e), interrupted.get()) {
-                (Error::Interrupted { .. }, Some(signal)) => {
-                    Error::Interrupted { signal: signal.as_raw() }
-                }
+                (Error::Interrupted { .. }, Some(signal)) => Error::Interrupted {
+                    signal: signal.as_raw(),
+                },
                 (error, _) => error,
             };
             return match (&error, args.conflict_exit_code) {
@@ -103,7 +103,9 @@ pub async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
         }
         Outcome::LockLost { .. } => {
             let reason = lost_reason.borrow().clone();
-            let reason = reason.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
+            let reason = reason
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "unknown".into());
             eprintln!("consullock: lock lost on {key}: {reason}; the command was stopped");
             i32::from(args.lock_lost_exit_code)
         }
@@ -132,8 +134,14 @@ fn child_environment(held: &HeldLock) -> Vec<(OsString, OsString)> {
     vec![
         ("CONSULLOCK_KEY".into(), held.key().into()),
         ("CONSULLOCK_SESSION".into(), held.session_id().into()),
-        ("CONSULLOCK_LOCK_INDEX".into(), held.lock_index().to_string().into()),
-        ("CONSULLOCK_FENCING_TOKEN".into(), held.fencing_token().to_string().into()),
+        (
+            "CONSULLOCK_LOCK_INDEX".into(),
+            held.lock_index().to_string().into(),
+        ),
+        (
+            "CONSULLOCK_FENCING_TOKEN".into(),
+            held.fencing_token().to_string().into(),
+        ),
         ("CONSUL_LOCK_HELD".into(), "true".into()),
     ]
 }
@@ -145,7 +153,10 @@ fn child_command(mut words: Vec<OsString>, direct: bool) -> Result<ChildCommand,
     }
     if direct {
         let program = words.remove(0);
-        return Ok(ChildCommand::Exec { program, args: words });
+        return Ok(ChildCommand::Exec {
+            program,
+            args: words,
+        });
     }
     let script = words.remove(0).into_string().map_err(|_| {
         Error::InvalidArguments("the shell command is not valid UTF-8; use the `--` form".into())
@@ -165,11 +176,17 @@ mod tests {
         );
         assert_eq!(
             child_command(vec!["echo hi".into()], true).unwrap(),
-            ChildCommand::Exec { program: "echo hi".into(), args: vec![] }
+            ChildCommand::Exec {
+                program: "echo hi".into(),
+                args: vec![]
+            }
         );
         assert_eq!(
             child_command(vec!["printf".into(), "a b".into()], true).unwrap(),
-            ChildCommand::Exec { program: "printf".into(), args: vec!["a b".into()] }
+            ChildCommand::Exec {
+                program: "printf".into(),
+                args: vec!["a b".into()]
+            }
         );
     }
 }

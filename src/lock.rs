@@ -419,7 +419,9 @@ async fn run_hooks(hooks: &[OsString], key: &str) {
     for hook in hooks {
         let shown = hook.to_string_lossy();
         match crate::supervisor::run_hook(hook, &[std::ffi::OsStr::new(key)]).await {
-            Ok(crate::supervisor::ChildStatus::Exited(0)) => tracing::debug!(hook = %shown, "hook ran"),
+            Ok(crate::supervisor::ChildStatus::Exited(0)) => {
+                tracing::debug!(hook = %shown, "hook ran")
+            }
             Ok(status) => tracing::warn!(hook = %shown, "hook failed: {status:?}"),
             Err(e) => tracing::warn!(hook = %shown, "hook could not run: {e}"),
         }

@@ -1,3 +1,6 @@
-//! Integration tests: they drive the real `consullock` binary against a Consul address.
+//! Integration tests: they drive the real `consullock` binary (and the library) against a Consul
+//! address: a private dev server per test, or the Consul named by `CONSULLOCK_TEST_CONSUL_ADDR`.
 
+mod library;
+mod lock;
 mod support;

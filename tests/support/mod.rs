@@ -7,4 +7,5 @@ pub(crate) mod consul;
 pub(crate) mod http;
 
 pub(crate) use consul::{TestConsul, wait_until};
+#[allow(unused_imports)]
 pub(crate) use http::Response;

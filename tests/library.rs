@@ -1,0 +1,214 @@
+//! The library's engine used directly: acquire, find, watch, release, unlock.
+
+use std::time::Duration;
+
+use consullock::config::ConsulConfig;
+use consullock::consul::Client;
+use consullock::lock::{self, AcquireError, AcquireOptions};
+use consullock::session::{LossReason, SessionSettings};
+
+use crate::support::TestConsul;
+
+fn client(consul: &TestConsul) -> Client {
+    let mut config = ConsulConfig::for_address(&consul.addr()).unwrap();
+    config.token = consul.token().map(consullock::config::Secret::new);
+    Client::new(&config).unwrap()
+}
+
+fn settings(key: &str) -> SessionSettings {
+    SessionSettings {
+        name: format!("library test {key}"),
+        ttl: Some(Duration::from_secs(15)),
+        lock_delay: Duration::ZERO,
+        ttl_only: false,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn acquire_find_release() {
+    let consul = TestConsul::start();
+    let key = consul.unique_key("lib");
+    runtime().block_on(async {
+        let client = client(&consul);
+        let options = AcquireOptions {
+            metadata: Some(serde_json::json!({"who": "lib"})),
+            ..AcquireOptions::default()
+        };
+        let held = lock::acquire(
+            &client,
+            &key,
+            &settings(&key),
+            &options,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(held.key(), key);
+        assert!(held.fencing_token() > 0);
+
+        let found = lock::find(&client, &key).await.unwrap().expect("found");
+        assert_eq!(found.holder.as_deref(), Some(held.session_id()));
+        let info = found.info.expect("lock JSON");
+        assert_eq!(info.session, held.session_id());
+        assert_eq!(info.metadata, Some(serde_json::json!({"who": "lib"})));
+
+        let busy = AcquireOptions {
+            non_blocking: true,
+            ..AcquireOptions::default()
+        };
+        let refused = lock::acquire(
+            &client,
+            &key,
+            &settings(&key),
+            &busy,
+            std::future::pending(),
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(AcquireError::NotAcquired { .. })),
+            "{refused:?}"
+        );
+
+        let first_token = held.fencing_token();
+        let session = held.session_id().to_owned();
+        held.release().await.unwrap();
+        assert_eq!(
+            lock::find(&client, &key).await.unwrap(),
+            None,
+            "released and deleted"
+        );
+        let info = client
+            .session_info(&session, &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(info.value, None, "session destroyed");
+
+        // The next holder gets a larger fencing token, although the key was deleted between.
+        let again = lock::acquire(
+            &client,
+            &key,
+            &settings(&key),
+            &busy,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        assert!(again.fencing_token() > first_token);
+        again.release().await.unwrap();
+    });
+}
+
+#[test]
+fn find_regex_lists_non_lock_keys_without_information() {
+    let consul = TestConsul::start();
+    let base = consul.unique_key("findre");
+    consul.put(&format!("/v1/kv/{base}/plain"), b"not a lock");
+    runtime().block_on(async {
+        let client = client(&consul);
+        let key = format!("{base}/lock");
+        let held = lock::acquire(
+            &client,
+            &key,
+            &settings(&key),
+            &AcquireOptions::default(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let pattern = regex::Regex::new(&format!("{}/.*", regex::escape(&base))).unwrap();
+        let found = lock::find_regex(&client, &pattern).await.unwrap();
+        let summary: Vec<(String, bool)> = found
+            .iter()
+            .map(|f| (f.key.clone(), f.info.is_some()))
+            .collect();
+        assert_eq!(
+            summary,
+            [(key.clone(), true), (format!("{base}/plain"), false)]
+        );
+
+        let released = lock::unlock_regex(&client, &pattern).await.unwrap();
+        assert_eq!(released, std::slice::from_ref(&key));
+        drop(held);
+    });
+    consul.delete(&format!("/v1/kv/{base}/plain"));
+}
+
+#[test]
+fn a_watched_lock_reports_loss_when_its_session_is_destroyed() {
+    let consul = TestConsul::start();
+    let key = consul.unique_key("watch");
+    runtime().block_on(async {
+        let client = client(&consul);
+        let mut held = lock::acquire(
+            &client,
+            &key,
+            &settings(&key),
+            &AcquireOptions::default(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        held.watch(None);
+        client
+            .session_destroy(held.session_id(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(5), held.lost())
+            .await
+            .expect("loss reported");
+        assert!(
+            matches!(
+                reason,
+                LossReason::KeyDeleted | LossReason::SessionInvalidated
+            ),
+            "{reason:?}"
+        );
+        held.release().await.ok();
+    });
+}
+
+#[test]
+fn cancelling_a_wait_destroys_the_session() {
+    let consul = TestConsul::start();
+    let key = consul.unique_key("cancel");
+    runtime().block_on(async {
+        let client = client(&consul);
+        let held = lock::acquire(
+            &client,
+            &key,
+            &settings(&key),
+            &AcquireOptions::default(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let cancel = tokio::time::sleep(Duration::from_millis(300));
+        let result = lock::acquire(
+            &client,
+            &key,
+            &settings(&key),
+            &AcquireOptions::default(),
+            cancel,
+        )
+        .await;
+        assert!(
+            matches!(result, Err(AcquireError::Cancelled { .. })),
+            "{result:?}"
+        );
+        let sessions = client
+            .session_list(&Default::default())
+            .await
+            .unwrap()
+            .value;
+        let ours: Vec<_> = sessions.iter().filter(|s| s.name.contains(&key)).collect();
+        assert_eq!(ours.len(), 1, "only the holder's session: {ours:?}");
+        held.release().await.unwrap();
+    });
+}
