@@ -1,0 +1,251 @@
+//! `TestConsul`: the Consul a test talks to.
+//!
+//! By default every test starts its own `consullock dev-server` on an ephemeral port, so tests
+//! run in parallel and never share state. Setting `CONSULLOCK_TEST_CONSUL_ADDR` (e.g.
+//! `127.0.0.1:8500` or `http://host:8500`, plus `CONSULLOCK_TEST_CONSUL_TOKEN` if ACLs are on)
+//! points [`TestConsul::start`] at an existing Consul instead; tests then use
+//! [`TestConsul::unique_key`] so they can share it.
+//!
+//! [`TestConsul::start_dev_server`] always starts a dev server, even when an external Consul is
+//! configured: the cases that use it need something only a private dev server gives (a
+//! configured ACL token, `/_devserver/stats`), and running them against the dev server still
+//! checks the dev server, which is better than skipping them.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::http::{self, Response};
+
+/// Environment variable naming an existing Consul to test against.
+pub(crate) const ADDR_ENV: &str = "CONSULLOCK_TEST_CONSUL_ADDR";
+/// Environment variable with the token for that Consul.
+pub(crate) const TOKEN_ENV: &str = "CONSULLOCK_TEST_CONSUL_TOKEN";
+/// How long a dev server may take to print its start-up line.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often [`wait_until`] re-checks its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// The start-up line's marker before the URL.
+const LISTENING: &str = "listening on http://";
+
+/// A Consul for one test: a private dev server (killed on drop) or an external Consul.
+pub(crate) struct TestConsul {
+    addr: String,
+    /// The address as given for `CONSUL_HTTP_ADDR` (may carry a scheme).
+    http_addr: String,
+    token: Option<String>,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestConsul {
+    /// The Consul named by `CONSULLOCK_TEST_CONSUL_ADDR`, else a fresh dev server.
+    pub(crate) fn start() -> TestConsul {
+        match std::env::var(ADDR_ENV) {
+            Ok(addr) if !addr.trim().is_empty() => {
+                let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+                TestConsul::external(addr.trim(), token)
+            }
+            _ => TestConsul::start_dev_server(&[]),
+        }
+    }
+
+    /// An existing Consul at `addr` (`host:port` or `http://host:port`).
+    pub(crate) fn external(addr: &str, token: Option<String>) -> TestConsul {
+        assert!(
+            !addr.starts_with("https://"),
+            "the raw test client speaks plain HTTP only: {addr}"
+        );
+        let host_port = addr
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        TestConsul {
+            addr: host_port,
+            http_addr: addr.to_string(),
+            token,
+            child: None,
+            log: Arc::default(),
+        }
+    }
+
+    /// Always a fresh dev server, with extra arguments (e.g. `&["--acl-token", "secret"]`). A
+    /// `--acl-token` given here becomes this TestConsul's token.
+    pub(crate) fn start_dev_server(extra_args: &[&str]) -> TestConsul {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_consullock"))
+            .args(["dev-server", "--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn consullock dev-server");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread_log = log.clone();
+        // Drain stderr for the server's whole life so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                thread_log.lock().unwrap().push(line.clone());
+                if let Some(at) = line.find(LISTENING)
+                    && let Some(tx) = ready.take()
+                {
+                    let rest = &line[at + LISTENING.len()..];
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = match ready_rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "dev server did not start within {STARTUP_TIMEOUT:?}: {:?}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        let token = extra_args
+            .windows(2)
+            .find(|pair| pair[0] == "--acl-token")
+            .map(|pair| pair[1].to_string());
+        TestConsul {
+            http_addr: format!("http://{addr}"),
+            addr,
+            token,
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Whether this is a private dev server.
+    pub(crate) fn is_dev_server(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `host:port`.
+    pub(crate) fn addr(&self) -> String {
+        self.addr.clone()
+    }
+
+    /// The ACL token requests carry, if any.
+    pub(crate) fn token(&self) -> Option<String> {
+        self.token.clone()
+    }
+
+    /// What the dev server printed on stderr so far (empty for an external Consul).
+    pub(crate) fn server_log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// A request carrying this Consul's token (as `X-Consul-Token`) when there is one.
+    pub(crate) fn request(&self, method: &str, path: &str, body: &[u8]) -> Response {
+        self.request_timeout(method, path, body, http::DEFAULT_TIMEOUT)
+    }
+
+    /// [`TestConsul::request`] with an explicit timeout, for blocking queries.
+    pub(crate) fn request_timeout(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Response {
+        let token = self.token.clone().unwrap_or_default();
+        let headers: Vec<(&str, &str)> = if token.is_empty() {
+            vec![]
+        } else {
+            vec![("X-Consul-Token", token.as_str())]
+        };
+        http::request_with_timeout(&self.addr, method, path, &headers, body, timeout)
+    }
+
+    /// GET with the token.
+    pub(crate) fn get(&self, path: &str) -> Response {
+        self.request("GET", path, b"")
+    }
+
+    /// PUT with the token.
+    pub(crate) fn put(&self, path: &str, body: &[u8]) -> Response {
+        self.request("PUT", path, body)
+    }
+
+    /// DELETE with the token.
+    pub(crate) fn delete(&self, path: &str) -> Response {
+        self.request("DELETE", path, b"")
+    }
+
+    /// The `consullock` binary with every `CONSUL_*` variable removed, then `CONSUL_HTTP_ADDR`
+    /// (and `CONSUL_HTTP_TOKEN`) set for this Consul.
+    pub(crate) fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_consullock"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CONSUL_") {
+                command.env_remove(&name);
+            }
+        }
+        command.env("CONSUL_HTTP_ADDR", &self.http_addr);
+        if let Some(token) = &self.token {
+            command.env("CONSUL_HTTP_TOKEN", token);
+        }
+        command
+    }
+
+    /// A key no other test (or process) uses: `consullock-test/<pid>-<n>-<name>`.
+    pub(crate) fn unique_key(&self, name: &str) -> String {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        format!("consullock-test/{}-{n}-{name}", std::process::id())
+    }
+
+    /// The dev server's `/_devserver/stats`; None on a real Consul.
+    pub(crate) fn dev_stats(&self) -> Option<serde_json::Value> {
+        self.is_dev_server()
+            .then(|| self.get("/_devserver/stats").json())
+    }
+
+    /// `/v1/session/list`.
+    pub(crate) fn sessions(&self) -> Vec<serde_json::Value> {
+        match self.get("/v1/session/list").json() {
+            serde_json::Value::Array(list) => list,
+            other => panic!("session list is not an array: {other}"),
+        }
+    }
+
+    /// The agent's node name, from `/v1/agent/self`.
+    pub(crate) fn node_name(&self) -> String {
+        let agent = self.get("/v1/agent/self").json();
+        agent["Config"]["NodeName"]
+            .as_str()
+            .expect("NodeName")
+            .to_string()
+    }
+}
+
+impl Drop for TestConsul {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `f` every few milliseconds until it holds; panics naming `what` after `deadline`.
+pub(crate) fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
