@@ -91,6 +91,7 @@ impl TestConsul {
         std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                thread_log.lock().unwrap().push(line.clone());
                 if let Some(at) = line.find(LISTENING)
                     && let Some(tx) = ready.take()
                 {
@@ -98,7 +99,6 @@ impl TestConsul {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);
                 }
-                thread_log.lock().unwrap().push(line);
             }
         });
         let addr = match ready_rx.recv_timeout(STARTUP_TIMEOUT) {

@@ -1,0 +1,1303 @@
+//! Conformance cases: Consul's HTTP behaviour as `consul-api-notes.md` describes it, checked
+//! with raw HTTP requests, never through project code.
+//!
+//! Each case is a plain `fn(&TestConsul)` listed in [`CASES`]. A `#[test]` per case runs it
+//! against [`TestConsul::start`] (a private dev server, or the Consul named by
+//! `CONSULLOCK_TEST_CONSUL_ADDR`), and `tests/container.rs` runs the whole table against a real
+//! Consul in a container. Cases use unique keys and destroy their sessions, so they can share a
+//! real Consul. Cases named `devserver_*` need dev-server-only features (a configured ACL token,
+//! `/_devserver/stats`, the start-up line) and start their own dev server explicitly.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::support::{Response, TestConsul, wait_until};
+
+/// Longest a TTL expiry may take: 2×TTL (20 s for the minimum TTL of 10 s) plus slack.
+const EXPIRY_DEADLINE: Duration = Duration::from_secs(40);
+/// Ordinary deadline for something that should happen promptly.
+const PROMPT: Duration = Duration::from_secs(10);
+/// Read timeout for blocking queries: their `?wait` plus jitter plus slack.
+const BLOCKING_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A session that is destroyed when the case ends, so a shared Consul is left clean.
+struct Session<'a> {
+    consul: &'a TestConsul,
+    id: String,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .consul
+            .put(&format!("/v1/session/destroy/{}", self.id), b"");
+    }
+}
+
+fn session<'a>(c: &'a TestConsul, body: Value) -> Session<'a> {
+    let r = c.put("/v1/session/create", body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "session create: {}", r.text());
+    let id = r.json()["ID"].as_str().expect("ID").to_string();
+    assert_eq!(id.len(), 36, "UUID-shaped id: {id}");
+    Session { consul: c, id }
+}
+
+fn info(c: &TestConsul, id: &str) -> Value {
+    let r = c.get(&format!("/v1/session/info/{id}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn put_bool(c: &TestConsul, path: &str, body: &[u8]) -> bool {
+    let r = c.put(path, body);
+    assert_eq!(r.status, 200, "PUT {path}: {}", r.text());
+    r.json()
+        .as_bool()
+        .unwrap_or_else(|| panic!("PUT {path} answered {}", r.text()))
+}
+
+fn delete_bool(c: &TestConsul, path: &str) -> bool {
+    let r = c.delete(path);
+    assert_eq!(r.status, 200, "DELETE {path}: {}", r.text());
+    r.json().as_bool().expect("bool")
+}
+
+/// The single entry at `key`; panics when missing.
+fn entry(c: &TestConsul, key: &str) -> Value {
+    let r = c.get(&format!("/v1/kv/{key}"));
+    assert_eq!(r.status, 200, "GET {key}: {}", r.text());
+    let list = r.json();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "one entry: {list}");
+    list[0].clone()
+}
+
+fn value_of(entry: &Value) -> Vec<u8> {
+    match &entry["Value"] {
+        Value::Null => Vec::new(),
+        Value::String(s) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .expect("base64"),
+        other => panic!("Value is neither null nor a string: {other}"),
+    }
+}
+
+fn assert_text(r: &Response, status: u16, text: &str) {
+    assert_eq!(
+        (r.status, r.text().trim_end()),
+        (status, text),
+        "full answer: {r:?}"
+    );
+}
+
+fn fake_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// On a dev server, waits until the server has received one more request than `before`, so a
+/// blocking query sent from another thread is known to be in flight. A real Consul has no such
+/// counter; there the ordering is left to chance.
+fn wait_in_flight(c: &TestConsul, before: Option<u64>) {
+    if let Some(before) = before {
+        wait_until(PROMPT, "the blocking query to reach the server", || {
+            c.dev_stats()
+                .and_then(|s| s["requests"].as_u64())
+                .unwrap_or(0)
+                > before
+        });
+    }
+}
+
+fn requests_so_far(c: &TestConsul) -> Option<u64> {
+    c.dev_stats().and_then(|s| s["requests"].as_u64())
+}
+
+// ---- sessions -----------------------------------------------------------------------------
+
+fn session_create_defaults(c: &TestConsul) {
+    let r = c.put("/v1/session/create", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = Session {
+        consul: c,
+        id: r.json()["ID"].as_str().unwrap().to_string(),
+    };
+    let list = info(c, &s.id);
+    let got = &list[0];
+    assert_eq!(got["ID"], json!(s.id));
+    assert_eq!(got["Node"], json!(c.node_name()));
+    assert_eq!(got["NodeChecks"], json!(["serfHealth"]));
+    assert_eq!(got["ServiceChecks"], Value::Null);
+    assert!(
+        got.get("Checks").is_none(),
+        "Checks is left out when empty: {got}"
+    );
+    assert_eq!(got["LockDelay"], json!(15_000_000_000u64));
+    assert_eq!(got["Behavior"], json!("release"));
+    assert_eq!(got["TTL"], json!(""));
+    assert_eq!(got["Name"], json!(""));
+    assert!(got["CreateIndex"].as_u64().unwrap() > 0);
+    assert_eq!(got["CreateIndex"], got["ModifyIndex"]);
+}
+
+fn session_create_with_fields(c: &TestConsul) {
+    let s = session(
+        c,
+        json!({"Name": "n1", "TTL": "15s", "LockDelay": "2s", "Behavior": "delete"}),
+    );
+    let got = &info(c, &s.id)[0];
+    assert_eq!(got["Name"], json!("n1"));
+    assert_eq!(got["TTL"], json!("15s"));
+    assert_eq!(got["LockDelay"], json!(2_000_000_000u64));
+    assert_eq!(got["Behavior"], json!("delete"));
+}
+
+fn session_create_field_names_are_case_insensitive(c: &TestConsul) {
+    let s = session(
+        c,
+        json!({"ttl": "10s", "behavior": "delete", "name": "lower"}),
+    );
+    let got = &info(c, &s.id)[0];
+    assert_eq!(
+        (got["TTL"].as_str(), got["Behavior"].as_str()),
+        (Some("10s"), Some("delete"))
+    );
+    assert_eq!(got["Name"], json!("lower"));
+}
+
+fn session_create_empty_checks_remove_default(c: &TestConsul) {
+    let a = session(c, json!({"Checks": []}));
+    assert_eq!(info(c, &a.id)[0]["NodeChecks"], json!([]));
+    let b = session(c, json!({"NodeChecks": []}));
+    assert_eq!(info(c, &b.id)[0]["NodeChecks"], json!([]));
+}
+
+fn session_create_lock_delay_forms(c: &TestConsul) {
+    for (given, nanos) in [
+        (json!(15), 15_000_000_000u64),
+        (json!("20ns"), 20_000_000_000),
+        (json!(1_500_000_000u64), 1_500_000_000),
+        (json!("1500ms"), 1_500_000_000),
+    ] {
+        let s = session(c, json!({ "LockDelay": given }));
+        assert_eq!(
+            info(c, &s.id)[0]["LockDelay"],
+            json!(nanos),
+            "LockDelay {given}"
+        );
+    }
+}
+
+fn session_create_unitless_lock_delay_is_400(c: &TestConsul) {
+    let r = c.put("/v1/session/create", br#"{"LockDelay":"20"}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().starts_with("Request decode failed"),
+        "{}",
+        r.text()
+    );
+}
+
+fn session_create_invalid_behavior_is_500(c: &TestConsul) {
+    let r = c.put("/v1/session/create", br#"{"Behavior":"explode"}"#);
+    assert_text(&r, 500, "Invalid Behavior setting 'explode'");
+}
+
+fn session_create_ttl_validation(c: &TestConsul) {
+    let r = c.put("/v1/session/create", br#"{"TTL":"30"}"#);
+    assert_eq!(r.status, 500);
+    assert!(
+        r.text().starts_with("Session TTL '30' invalid: "),
+        "{}",
+        r.text()
+    );
+    let r = c.put("/v1/session/create", br#"{"TTL":"3s"}"#);
+    assert_text(
+        &r,
+        500,
+        "Invalid Session TTL '3000000000', must be between [10s=24h0m0s]",
+    );
+    let r = c.put("/v1/session/create", br#"{"TTL":"25h"}"#);
+    assert_eq!(r.status, 500);
+    assert!(
+        r.text().starts_with("Invalid Session TTL '90000000000000'"),
+        "{}",
+        r.text()
+    );
+    // "0s" means no timer and is accepted.
+    let s = session(c, json!({"TTL": "0s"}));
+    assert_eq!(info(c, &s.id)[0]["TTL"], json!("0s"));
+}
+
+fn session_create_unknown_check_is_500(c: &TestConsul) {
+    let r = c.put(
+        "/v1/session/create",
+        br#"{"NodeChecks":["serfHealth","no-such-check"]}"#,
+    );
+    assert_text(&r, 500, "Missing check 'no-such-check' registration");
+}
+
+fn session_create_ignores_body_without_content_length(c: &TestConsul) {
+    // Consul decodes the body only when Content-Length > 0; a chunked body has none.
+    let body = r#"{"Behavior":"bad"}"#;
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    let token = c.token().unwrap_or_default();
+    let mut headers = vec![("Transfer-Encoding", "chunked")];
+    if !token.is_empty() {
+        headers.push(("X-Consul-Token", token.as_str()));
+    }
+    let r = crate::support::http::request(
+        &c.addr(),
+        "PUT",
+        "/v1/session/create",
+        &headers,
+        chunked.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = Session {
+        consul: c,
+        id: r.json()["ID"].as_str().unwrap().to_string(),
+    };
+    assert_eq!(info(c, &s.id)[0]["Behavior"], json!("release"));
+}
+
+fn session_renew(c: &TestConsul) {
+    let s = session(c, json!({"TTL": "10s"}));
+    let r = c.put(&format!("/v1/session/renew/{}", s.id), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = r.json();
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert_eq!(list[0]["ID"], json!(s.id));
+    assert!(list[0]["TTL"].as_str().is_some());
+    // A session without TTL renews fine.
+    let plain = session(c, json!({}));
+    assert_eq!(
+        c.put(&format!("/v1/session/renew/{}", plain.id), b"")
+            .status,
+        200
+    );
+}
+
+fn session_renew_unknown_is_404(c: &TestConsul) {
+    let id = fake_uuid();
+    let r = c.put(&format!("/v1/session/renew/{id}"), b"");
+    assert_text(&r, 404, &format!("Session id '{id}' not found"));
+}
+
+fn session_renew_malformed_or_missing_id(c: &TestConsul) {
+    assert_eq!(c.put("/v1/session/renew/not-a-uuid", b"").status, 500);
+    assert_text(&c.put("/v1/session/renew/", b""), 400, "Missing session");
+}
+
+fn session_destroy_always_true(c: &TestConsul) {
+    assert!(put_bool(
+        c,
+        &format!("/v1/session/destroy/{}", fake_uuid()),
+        b""
+    ));
+    let s = session(c, json!({}));
+    assert!(put_bool(c, &format!("/v1/session/destroy/{}", s.id), b""));
+    assert_eq!(info(c, &s.id), json!([]));
+    assert!(put_bool(c, &format!("/v1/session/destroy/{}", s.id), b""));
+}
+
+fn session_info_missing_is_empty_array(c: &TestConsul) {
+    let r = c.get(&format!("/v1/session/info/{}", fake_uuid()));
+    assert_eq!((r.status, r.json()), (200, json!([])));
+    assert!(r.index() >= 1);
+}
+
+fn session_list_and_node(c: &TestConsul) {
+    let s = session(c, json!({"Name": "listed"}));
+    assert!(c.sessions().iter().any(|x| x["ID"] == json!(s.id)));
+    let r = c.get(&format!("/v1/session/node/{}", c.node_name()));
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["ID"] == json!(s.id))
+    );
+    assert!(r.index() >= 1);
+    let r = c.get("/v1/session/node/no-such-node-consullock");
+    assert_eq!((r.status, r.json()), (200, json!([])));
+}
+
+fn session_info_blocks_until_destroy(c: &TestConsul) {
+    let s = session(c, json!({}));
+    let r = c.get(&format!("/v1/session/info/{}", s.id));
+    let index = r.index();
+    let before = requests_so_far(c);
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let path = format!("/v1/session/info/{}?index={index}&wait=30s", s.id);
+            let started = Instant::now();
+            (
+                c.request_timeout("GET", &path, b"", BLOCKING_TIMEOUT),
+                started.elapsed(),
+            )
+        });
+        wait_in_flight(c, before);
+        assert!(put_bool(c, &format!("/v1/session/destroy/{}", s.id), b""));
+        let (r, elapsed) = waiter.join().unwrap();
+        assert_eq!((r.status, r.json()), (200, json!([])));
+        assert!(r.index() > index);
+        assert!(
+            elapsed < Duration::from_secs(30),
+            "woken by the destroy, not the timeout"
+        );
+    });
+}
+
+fn session_ttl_expiry_releases_keys(c: &TestConsul) {
+    let key = c.unique_key("ttl-release");
+    let created = Instant::now();
+    let s = session(c, json!({"TTL": "10s", "LockDelay": "1s"}));
+    assert!(put_bool(
+        c,
+        &format!("/v1/kv/{key}?acquire={}&flags=7", s.id),
+        b"held"
+    ));
+    let before = entry(c, &key);
+    wait_until(EXPIRY_DEADLINE, "the TTL session to expire", || {
+        info(c, &s.id) == json!([])
+    });
+    // Consul waits 2×TTL; never less than one TTL.
+    assert!(
+        created.elapsed() >= Duration::from_secs(10),
+        "expired before its TTL"
+    );
+    let after = entry(c, &key);
+    assert!(after.get("Session").is_none(), "released: {after}");
+    assert_eq!(value_of(&after), b"held");
+    assert_eq!(after["Flags"], json!(7));
+    assert_eq!(after["LockIndex"], before["LockIndex"]);
+    assert!(after["ModifyIndex"].as_u64() > before["ModifyIndex"].as_u64());
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn session_ttl_expiry_deletes_keys(c: &TestConsul) {
+    let key = c.unique_key("ttl-delete");
+    let s = session(
+        c,
+        json!({"TTL": "10s", "Behavior": "delete", "LockDelay": "1s"}),
+    );
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", s.id), b"v"));
+    wait_until(EXPIRY_DEADLINE, "the TTL session to expire", || {
+        info(c, &s.id) == json!([])
+    });
+    assert_eq!(c.get(&format!("/v1/kv/{key}")).status, 404);
+}
+
+fn session_not_expired_within_its_ttl(c: &TestConsul) {
+    let s = session(c, json!({"TTL": "10s"}));
+    // Bounded "not before" check: renewing well within the TTL keeps it alive.
+    for _ in 0..3 {
+        assert_eq!(
+            c.put(&format!("/v1/session/renew/{}", s.id), b"").status,
+            200
+        );
+        assert_eq!(info(c, &s.id).as_array().map(Vec::len), Some(1));
+    }
+}
+
+// ---- lock-delay ---------------------------------------------------------------------------
+
+fn lock_delay_after_destroy(c: &TestConsul) {
+    let key = c.unique_key("lock-delay");
+    let a = session(c, json!({"LockDelay": "2s"}));
+    let b = session(c, json!({}));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", a.id), b"a"));
+    assert!(put_bool(c, &format!("/v1/session/destroy/{}", a.id), b""));
+    let destroyed = Instant::now();
+    // Right after the destroy the key is free but the delay refuses acquisition with `false`.
+    assert!(entry(c, &key).get("Session").is_none());
+    assert!(!put_bool(
+        c,
+        &format!("/v1/kv/{key}?acquire={}", b.id),
+        b"b"
+    ));
+    wait_until(PROMPT, "the lock-delay to pass", || {
+        put_bool(c, &format!("/v1/kv/{key}?acquire={}", b.id), b"b")
+    });
+    assert!(
+        destroyed.elapsed() >= Duration::from_millis(1500),
+        "delay honoured"
+    );
+    assert_eq!(entry(c, &key)["Session"], json!(b.id));
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn lock_delay_zero_means_none(c: &TestConsul) {
+    let key = c.unique_key("no-delay");
+    let a = session(c, json!({"LockDelay": "0s"}));
+    let b = session(c, json!({}));
+    assert_eq!(info(c, &a.id)[0]["LockDelay"], json!(0));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", a.id), b""));
+    assert!(put_bool(c, &format!("/v1/session/destroy/{}", a.id), b""));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", b.id), b""));
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn release_sets_no_lock_delay(c: &TestConsul) {
+    let key = c.unique_key("release-no-delay");
+    let a = session(c, json!({"LockDelay": "10s"}));
+    let b = session(c, json!({}));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", a.id), b""));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?release={}", a.id), b""));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", b.id), b""));
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+// ---- KV reads and writes ------------------------------------------------------------------
+
+fn kv_put_get_roundtrip(c: &TestConsul) {
+    let key = c.unique_key("roundtrip");
+    let value: &[u8] = b"\x00binary\xffvalue";
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), value));
+    let r = c.get(&format!("/v1/kv/{key}"));
+    assert_eq!(r.status, 200);
+    let e = &r.json()[0];
+    assert_eq!(e["Key"], json!(key));
+    assert_eq!(value_of(e), value);
+    assert_eq!(
+        (e["Flags"].as_u64(), e["LockIndex"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(
+        e.get("Session").is_none(),
+        "Session omitted when empty: {e}"
+    );
+    assert_eq!(e["CreateIndex"], e["ModifyIndex"]);
+    assert_eq!(json!(r.index()), e["ModifyIndex"]);
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_empty_value_is_null(c: &TestConsul) {
+    let key = c.unique_key("empty");
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b""));
+    assert_eq!(entry(c, &key)["Value"], Value::Null);
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_missing_key_is_404_with_index(c: &TestConsul) {
+    let r = c.get(&format!("/v1/kv/{}", c.unique_key("missing")));
+    assert_eq!(r.status, 404);
+    assert!(r.body.is_empty(), "empty body: {}", r.text());
+    assert!(r.index() >= 1);
+    assert_eq!(r.header("x-consul-knownleader"), Some("true"));
+    assert!(r.header("x-consul-lastcontact").is_some());
+}
+
+fn kv_missing_key_index_is_the_table_index(c: &TestConsul) {
+    let other = c.unique_key("other");
+    assert!(put_bool(c, &format!("/v1/kv/{other}"), b"x"));
+    let written = entry(c, &other)["ModifyIndex"].as_u64().unwrap();
+    let r = c.get(&format!("/v1/kv/{}", c.unique_key("missing")));
+    assert_eq!(r.status, 404);
+    if c.is_dev_server() {
+        assert_eq!(r.index(), written);
+    } else {
+        assert!(r.index() >= written);
+    }
+    c.delete(&format!("/v1/kv/{other}"));
+}
+
+fn kv_empty_key_is_400(c: &TestConsul) {
+    assert_text(&c.get("/v1/kv/"), 400, "Missing key name");
+    assert_text(&c.put("/v1/kv/", b"x"), 400, "Missing key name");
+    assert_text(&c.delete("/v1/kv/"), 400, "Missing key name");
+}
+
+fn kv_flags(c: &TestConsul) {
+    let key = c.unique_key("flags");
+    assert!(put_bool(c, &format!("/v1/kv/{key}?flags=42"), b"v"));
+    assert_eq!(entry(c, &key)["Flags"], json!(42));
+    // Without ?flags every write sets 0.
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"v"));
+    assert_eq!(entry(c, &key)["Flags"], json!(0));
+    assert_eq!(c.put(&format!("/v1/kv/{key}?flags=abc"), b"v").status, 500);
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_raw(c: &TestConsul) {
+    let key = c.unique_key("raw");
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"plain bytes"));
+    let r = c.get(&format!("/v1/kv/{key}?raw"));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"plain bytes"[..]));
+    assert!(
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("text/plain")
+    );
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_recurse(c: &TestConsul) {
+    let p = c.unique_key("tree");
+    for k in ["a", "b", "c/d"] {
+        assert!(put_bool(c, &format!("/v1/kv/{p}/{k}"), k.as_bytes()));
+    }
+    let r = c.get(&format!("/v1/kv/{p}/?recurse"));
+    assert_eq!(r.status, 200);
+    let keys: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        vec![format!("{p}/a"), format!("{p}/b"), format!("{p}/c/d")]
+    );
+    let max = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ModifyIndex"].as_u64().unwrap())
+        .max();
+    assert_eq!(Some(r.index()), max);
+    assert_eq!(c.get(&format!("/v1/kv/{p}/nothing/?recurse")).status, 404);
+    c.delete(&format!("/v1/kv/{p}?recurse"));
+}
+
+fn kv_recurse_index_counts_deletes(c: &TestConsul) {
+    let p = c.unique_key("tomb");
+    assert!(put_bool(c, &format!("/v1/kv/{p}/a"), b""));
+    assert!(put_bool(c, &format!("/v1/kv/{p}/b"), b""));
+    let before = c.get(&format!("/v1/kv/{p}/?recurse")).index();
+    assert!(delete_bool(c, &format!("/v1/kv/{p}/b")));
+    let r = c.get(&format!("/v1/kv/{p}/?recurse"));
+    assert_eq!(r.json().as_array().map(Vec::len), Some(1));
+    assert!(r.index() > before, "the tombstone raises the prefix index");
+    c.delete(&format!("/v1/kv/{p}?recurse"));
+}
+
+fn kv_keys_and_separator(c: &TestConsul) {
+    let p = c.unique_key("keys");
+    for k in ["a", "b/c", "b/d"] {
+        assert!(put_bool(c, &format!("/v1/kv/{p}/{k}"), b""));
+    }
+    let all = c.get(&format!("/v1/kv/{p}/?keys"));
+    assert_eq!(
+        all.json(),
+        json!([format!("{p}/a"), format!("{p}/b/c"), format!("{p}/b/d")])
+    );
+    let cut = json!([format!("{p}/a"), format!("{p}/b/")]);
+    assert_eq!(c.get(&format!("/v1/kv/{p}/?keys&separator=/")).json(), cut);
+    assert_eq!(c.get(&format!("/v1/kv/{p}/?keys&seperator=/")).json(), cut);
+    assert_eq!(c.get(&format!("/v1/kv/{p}/none/?keys")).status, 404);
+    let root = c.get("/v1/kv/?keys");
+    assert_eq!(root.status, 200);
+    assert!(root.json().is_array());
+    c.delete(&format!("/v1/kv/{p}?recurse"));
+}
+
+fn kv_equality_shortcut(c: &TestConsul) {
+    let key = c.unique_key("same");
+    assert!(put_bool(c, &format!("/v1/kv/{key}?flags=1"), b"v"));
+    let first = entry(c, &key)["ModifyIndex"].clone();
+    assert!(put_bool(c, &format!("/v1/kv/{key}?flags=1"), b"v"));
+    assert_eq!(
+        entry(c, &key)["ModifyIndex"],
+        first,
+        "identical write changes nothing"
+    );
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_cas_put(c: &TestConsul) {
+    let key = c.unique_key("cas");
+    assert!(
+        !put_bool(c, &format!("/v1/kv/{key}?cas=5"), b"x"),
+        "cas=N on an absent key"
+    );
+    assert!(put_bool(c, &format!("/v1/kv/{key}?cas=0"), b"a"));
+    assert!(!put_bool(c, &format!("/v1/kv/{key}?cas=0"), b"b"));
+    let index = entry(c, &key)["ModifyIndex"].as_u64().unwrap();
+    assert!(!put_bool(
+        c,
+        &format!("/v1/kv/{key}?cas={}", index + 1000),
+        b"b"
+    ));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?cas={index}"), b"b"));
+    assert_eq!(value_of(&entry(c, &key)), b"b");
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_conflicting_flags(c: &TestConsul) {
+    let key = c.unique_key("conflict");
+    let r = c.put(&format!("/v1/kv/{key}?cas=0&acquire={}", fake_uuid()), b"");
+    assert_eq!(r.status, 400);
+    assert!(r.text().starts_with("Conflicting flags: "), "{}", r.text());
+    let r = c.put(&format!("/v1/kv/{key}?acquire=a&release=b"), b"");
+    assert_eq!(r.status, 400);
+    let r = c.delete(&format!("/v1/kv/{key}?recurse&cas=0"));
+    assert_eq!(r.status, 400);
+    assert!(r.text().starts_with("Conflicting flags: "), "{}", r.text());
+}
+
+fn kv_value_size_limit(c: &TestConsul) {
+    let key = c.unique_key("big");
+    let max = vec![b'x'; 512 * 1024];
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), &max));
+    let r = c.put(&format!("/v1/kv/{key}"), &[max.as_slice(), b"y"].concat());
+    assert_eq!(r.status, 413);
+    let text = r.text();
+    assert!(
+        text.starts_with("Request body(524289 bytes) too large, max size: 524288 bytes."),
+        "{text}"
+    );
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_acquire_absent_key(c: &TestConsul) {
+    let key = c.unique_key("acquire-new");
+    let s = session(c, json!({}));
+    assert!(put_bool(
+        c,
+        &format!("/v1/kv/{key}?acquire={}&flags=9", s.id),
+        b"mine"
+    ));
+    let e = entry(c, &key);
+    assert_eq!(
+        (e["LockIndex"].as_u64(), e["Flags"].as_u64()),
+        (Some(1), Some(9))
+    );
+    assert_eq!(e["Session"], json!(s.id));
+    assert_eq!(value_of(&e), b"mine");
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_acquire_held_by_other_is_false(c: &TestConsul) {
+    let key = c.unique_key("acquire-held");
+    let a = session(c, json!({}));
+    let b = session(c, json!({}));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", a.id), b"a"));
+    assert!(!put_bool(
+        c,
+        &format!("/v1/kv/{key}?acquire={}", b.id),
+        b"b"
+    ));
+    assert_eq!(entry(c, &key)["Session"], json!(a.id));
+    assert_eq!(value_of(&entry(c, &key)), b"a");
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_reacquire_by_same_session(c: &TestConsul) {
+    let key = c.unique_key("reacquire");
+    let s = session(c, json!({}));
+    assert!(put_bool(
+        c,
+        &format!("/v1/kv/{key}?acquire={}&flags=3", s.id),
+        b"v"
+    ));
+    let first = entry(c, &key);
+    // Same value and flags: true, and nothing moves.
+    assert!(put_bool(
+        c,
+        &format!("/v1/kv/{key}?acquire={}&flags=3", s.id),
+        b"v"
+    ));
+    assert_eq!(entry(c, &key), first);
+    // New value, no ?flags: true, LockIndex kept, value replaced and flags reset to 0.
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", s.id), b"w"));
+    let second = entry(c, &key);
+    assert_eq!(second["LockIndex"], first["LockIndex"]);
+    assert_eq!(
+        (value_of(&second), second["Flags"].as_u64()),
+        (b"w".to_vec(), Some(0))
+    );
+    assert!(second["ModifyIndex"].as_u64() > first["ModifyIndex"].as_u64());
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_acquire_existing_unlocked_key_bumps_lock_index(c: &TestConsul) {
+    let key = c.unique_key("lock-index");
+    let a = session(c, json!({}));
+    let b = session(c, json!({}));
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"plain"));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", a.id), b"a"));
+    assert_eq!(entry(c, &key)["LockIndex"], json!(1));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?release={}", a.id), b"a"));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", b.id), b"b"));
+    assert_eq!(entry(c, &key)["LockIndex"], json!(2));
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_acquire_unknown_session_is_500(c: &TestConsul) {
+    let key = c.unique_key("acquire-bad");
+    let id = fake_uuid();
+    let r = c.put(&format!("/v1/kv/{key}?acquire={id}"), b"");
+    assert_eq!(r.status, 500);
+    assert!(
+        r.text().to_lowercase().contains("invalid session"),
+        "{}",
+        r.text()
+    );
+    let r = c.put(&format!("/v1/kv/{key}?acquire="), b"");
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("missing session"), "{}", r.text());
+    assert_eq!(c.get(&format!("/v1/kv/{key}")).status, 404);
+}
+
+fn kv_release_rules(c: &TestConsul) {
+    let key = c.unique_key("release");
+    let a = session(c, json!({}));
+    let b = session(c, json!({}));
+    assert!(
+        !put_bool(c, &format!("/v1/kv/{key}?release={}", a.id), b""),
+        "missing key"
+    );
+    assert!(put_bool(
+        c,
+        &format!("/v1/kv/{key}?acquire={}&flags=4", a.id),
+        b"held"
+    ));
+    assert!(
+        !put_bool(c, &format!("/v1/kv/{key}?release={}", b.id), b""),
+        "not the holder"
+    );
+    let r = c.put(&format!("/v1/kv/{key}?release="), b"");
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("missing session"), "{}", r.text());
+    let before = entry(c, &key);
+    // The release's empty body and missing ?flags replace the value and flags.
+    assert!(put_bool(c, &format!("/v1/kv/{key}?release={}", a.id), b""));
+    let after = entry(c, &key);
+    assert!(after.get("Session").is_none());
+    assert_eq!(
+        (after["Value"].clone(), after["Flags"].as_u64()),
+        (Value::Null, Some(0))
+    );
+    assert_eq!(after["LockIndex"], before["LockIndex"]);
+    assert!(after["ModifyIndex"].as_u64() > before["ModifyIndex"].as_u64());
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn kv_locks_are_advisory(c: &TestConsul) {
+    let key = c.unique_key("advisory");
+    let s = session(c, json!({}));
+    assert!(put_bool(
+        c,
+        &format!("/v1/kv/{key}?acquire={}", s.id),
+        b"held"
+    ));
+    // A plain PUT succeeds and keeps the holder; it carries LockIndex 0 (kvsSetTxn).
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"overwritten"));
+    let e = entry(c, &key);
+    assert_eq!(e["Session"], json!(s.id));
+    assert_eq!(value_of(&e), b"overwritten");
+    assert_eq!(e["LockIndex"], json!(0));
+    // A plain DELETE removes a locked key.
+    assert!(delete_bool(c, &format!("/v1/kv/{key}")));
+    assert_eq!(c.get(&format!("/v1/kv/{key}")).status, 404);
+}
+
+fn kv_delete(c: &TestConsul) {
+    let key = c.unique_key("delete");
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"x"));
+    assert!(delete_bool(c, &format!("/v1/kv/{key}")));
+    assert_eq!(c.get(&format!("/v1/kv/{key}")).status, 404);
+    assert!(
+        delete_bool(c, &format!("/v1/kv/{key}")),
+        "deleting an absent key is true"
+    );
+}
+
+fn kv_delete_cas(c: &TestConsul) {
+    let key = c.unique_key("delete-cas");
+    assert!(
+        delete_bool(c, &format!("/v1/kv/{key}?cas=123")),
+        "absent key: true whatever N"
+    );
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"x"));
+    let index = entry(c, &key)["ModifyIndex"].as_u64().unwrap();
+    assert!(!delete_bool(c, &format!("/v1/kv/{key}?cas=0")));
+    assert!(!delete_bool(
+        c,
+        &format!("/v1/kv/{key}?cas={}", index + 1000)
+    ));
+    assert_eq!(c.get(&format!("/v1/kv/{key}")).status, 200);
+    assert!(delete_bool(c, &format!("/v1/kv/{key}?cas={index}")));
+    assert_eq!(c.get(&format!("/v1/kv/{key}")).status, 404);
+}
+
+fn kv_delete_recurse(c: &TestConsul) {
+    let p = c.unique_key("rm");
+    for k in ["a", "b/c"] {
+        assert!(put_bool(c, &format!("/v1/kv/{p}/{k}"), b""));
+    }
+    assert!(put_bool(c, &format!("/v1/kv/{p}-sibling"), b""));
+    assert!(delete_bool(c, &format!("/v1/kv/{p}/?recurse")));
+    assert_eq!(c.get(&format!("/v1/kv/{p}/?recurse")).status, 404);
+    assert_eq!(c.get(&format!("/v1/kv/{p}-sibling")).status, 200);
+    c.delete(&format!("/v1/kv/{p}-sibling"));
+}
+
+fn index_is_global_across_sessions_and_kv(c: &TestConsul) {
+    let key = c.unique_key("global");
+    let a = session(c, json!({}));
+    let a_index = info(c, &a.id)[0]["CreateIndex"].as_u64().unwrap();
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b""));
+    let k_index = entry(c, &key)["ModifyIndex"].as_u64().unwrap();
+    let b = session(c, json!({}));
+    let b_index = info(c, &b.id)[0]["CreateIndex"].as_u64().unwrap();
+    assert!(
+        a_index < k_index && k_index < b_index,
+        "{a_index} < {k_index} < {b_index}"
+    );
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+// ---- blocking queries ---------------------------------------------------------------------
+
+fn blocking_returns_on_change(c: &TestConsul) {
+    let key = c.unique_key("watch");
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"one"));
+    let index = c.get(&format!("/v1/kv/{key}")).index();
+    let before = requests_so_far(c);
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let path = format!("/v1/kv/{key}?index={index}&wait=30s");
+            let started = Instant::now();
+            (
+                c.request_timeout("GET", &path, b"", BLOCKING_TIMEOUT),
+                started.elapsed(),
+            )
+        });
+        wait_in_flight(c, before);
+        assert!(put_bool(c, &format!("/v1/kv/{key}"), b"two"));
+        let (r, elapsed) = waiter.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(value_of(&r.json()[0]), b"two");
+        assert!(r.index() > index);
+        assert!(
+            elapsed < Duration::from_secs(30),
+            "woken by the write, not the timeout"
+        );
+    });
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn blocking_times_out_with_unchanged_result(c: &TestConsul) {
+    let key = c.unique_key("timeout");
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"same"));
+    let index = c.get(&format!("/v1/kv/{key}")).index();
+    let started = Instant::now();
+    let r = c.request_timeout(
+        "GET",
+        &format!("/v1/kv/{key}?index={index}&wait=1s"),
+        b"",
+        BLOCKING_TIMEOUT,
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited for ?wait"
+    );
+    assert_eq!((r.status, r.index()), (200, index));
+    assert_eq!(value_of(&r.json()[0]), b"same");
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn blocking_on_existing_key_wakes_on_delete(c: &TestConsul) {
+    let key = c.unique_key("watch-delete");
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"x"));
+    let index = c.get(&format!("/v1/kv/{key}")).index();
+    let before = requests_so_far(c);
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let path = format!("/v1/kv/{key}?index={index}&wait=30s");
+            let started = Instant::now();
+            (
+                c.request_timeout("GET", &path, b"", BLOCKING_TIMEOUT),
+                started.elapsed(),
+            )
+        });
+        wait_in_flight(c, before);
+        assert!(delete_bool(c, &format!("/v1/kv/{key}")));
+        let (r, elapsed) = waiter.join().unwrap();
+        assert_eq!(r.status, 404);
+        assert!(r.index() > index);
+        assert!(
+            elapsed < Duration::from_secs(30),
+            "woken by the delete, not the timeout"
+        );
+    });
+}
+
+fn blocking_missing_key_ignores_other_writes(c: &TestConsul) {
+    let missing = c.unique_key("absent");
+    let other = c.unique_key("busy");
+    let index = c.get(&format!("/v1/kv/{missing}")).index();
+    let before = requests_so_far(c);
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let path = format!("/v1/kv/{missing}?index={index}&wait=2s");
+            let started = Instant::now();
+            (
+                c.request_timeout("GET", &path, b"", BLOCKING_TIMEOUT),
+                started.elapsed(),
+            )
+        });
+        wait_in_flight(c, before);
+        for n in 0..3 {
+            assert!(put_bool(
+                c,
+                &format!("/v1/kv/{other}"),
+                format!("{n}").as_bytes()
+            ));
+        }
+        let (r, elapsed) = waiter.join().unwrap();
+        assert_eq!(r.status, 404);
+        // On a shared Consul, other writers may move the KV index before the query is first
+        // evaluated, which rightly answers at once; only a private server pins the timing.
+        if before.is_some() {
+            assert!(
+                elapsed >= Duration::from_secs(2),
+                "returned after {elapsed:?}: woken by other keys"
+            );
+        }
+    });
+    c.delete(&format!("/v1/kv/{other}"));
+}
+
+fn blocking_missing_key_wakes_when_created(c: &TestConsul) {
+    let key = c.unique_key("appears");
+    let index = c.get(&format!("/v1/kv/{key}")).index();
+    let before = requests_so_far(c);
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let path = format!("/v1/kv/{key}?index={index}&wait=30s");
+            c.request_timeout("GET", &path, b"", BLOCKING_TIMEOUT)
+        });
+        wait_in_flight(c, before);
+        assert!(put_bool(c, &format!("/v1/kv/{key}"), b"here"));
+        let r = waiter.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(value_of(&r.json()[0]), b"here");
+    });
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn blocking_bad_wait_or_index_is_400(c: &TestConsul) {
+    let key = c.unique_key("bad-params");
+    assert_text(
+        &c.get(&format!("/v1/kv/{key}?index=1&wait=abc")),
+        400,
+        "Invalid wait time",
+    );
+    assert_text(
+        &c.get(&format!("/v1/kv/{key}?index=abc")),
+        400,
+        "Invalid index",
+    );
+}
+
+// ---- consistency, headers, datacenter, enterprise parameters, routing ---------------------
+
+fn consistency_modes(c: &TestConsul) {
+    let path = "/v1/session/list";
+    let mode = |q: &str| {
+        c.get(&format!("{path}{q}"))
+            .header("x-consul-effective-consistency")
+            .map(str::to_string)
+    };
+    assert_eq!(mode("").as_deref(), Some("leader"));
+    assert_eq!(mode("?consistent").as_deref(), Some("consistent"));
+    assert_eq!(mode("?stale").as_deref(), Some("stale"));
+    assert_eq!(c.get(&format!("{path}?leader")).status, 200);
+    assert_eq!(c.get(&format!("{path}?max_stale=5s")).status, 200);
+    assert_text(
+        &c.get(&format!("{path}?stale&consistent")),
+        400,
+        "Cannot specify ?stale with ?consistent, conflicting semantics.",
+    );
+}
+
+fn read_headers(c: &TestConsul) {
+    let key = c.unique_key("headers");
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b""));
+    let r = c.get(&format!("/v1/kv/{key}"));
+    assert!(r.index() >= 1);
+    assert_eq!(r.header("x-consul-knownleader"), Some("true"));
+    assert!(r.header("x-consul-lastcontact").is_some());
+    assert!(r.header("x-consul-effective-consistency").is_some());
+    let policy = r.header("x-consul-default-acl-policy");
+    assert!(matches!(policy, Some("allow" | "deny")), "{policy:?}");
+    c.delete(&format!("/v1/kv/{key}"));
+}
+
+fn enterprise_parameters_are_refused(c: &TestConsul) {
+    let key = c.unique_key("ent");
+    let r = c.get(&format!("/v1/kv/{key}?ns=default"));
+    assert_text(
+        &r,
+        400,
+        "Invalid query parameter: \"ns\" - Namespaces are a Consul Enterprise feature",
+    );
+    assert!(r.header("x-consul-index").is_none());
+    let r = c.get(&format!("/v1/kv/{key}?partition=default"));
+    assert_text(
+        &r,
+        400,
+        "Invalid query parameter: \"partition\" - Partitions are a Consul Enterprise feature",
+    );
+    let r = c.put(&format!("/v1/kv/{key}?ns=default"), b"");
+    assert_eq!(r.status, 400);
+    assert_eq!(c.get("/v1/session/list?ns=default").status, 400);
+    let r = crate::support::http::request(
+        &c.addr(),
+        "GET",
+        "/v1/session/list",
+        &[("X-Consul-Namespace", "default")],
+        b"",
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("Namespace"), "{}", r.text());
+    let r = crate::support::http::request(
+        &c.addr(),
+        "GET",
+        &format!("/v1/kv/{key}"),
+        &[("X-Consul-Partition", "default")],
+        b"",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        c.get(&format!("/v1/kv/{key}")).status,
+        404,
+        "nothing was written"
+    );
+}
+
+fn status_endpoints(c: &TestConsul) {
+    let r = c.get("/v1/status/leader");
+    assert_eq!(r.status, 200);
+    assert!(!r.json().as_str().unwrap_or("").is_empty(), "{}", r.text());
+    let r = c.get("/v1/status/peers");
+    assert_eq!(r.status, 200);
+    assert!(!r.json().as_array().unwrap().is_empty());
+}
+
+fn agent_self(c: &TestConsul) {
+    let r = c.get("/v1/agent/self");
+    assert_eq!(r.status, 200);
+    let agent = r.json();
+    assert!(
+        !agent["Config"]["NodeName"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty()
+    );
+    assert!(agent["Config"]["Datacenter"].is_string());
+    assert!(agent["Member"].is_object());
+}
+
+fn unknown_datacenter_is_500(c: &TestConsul) {
+    let r = c.get(&format!(
+        "/v1/kv/{}?dc=consullock-nowhere",
+        c.unique_key("dc")
+    ));
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("No path to datacenter"), "{}", r.text());
+    let dc = c.get("/v1/agent/self").json()["Config"]["Datacenter"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(c.get(&format!("/v1/session/list?dc={dc}")).status, 200);
+}
+
+fn routing_404_and_405(c: &TestConsul) {
+    assert_eq!(c.get("/v1/consullock-no-such-endpoint").status, 404);
+    assert_eq!(c.get("/v1/session/create").status, 405);
+    assert_eq!(c.request("POST", "/v1/session/list", b"").status, 405);
+    assert_eq!(
+        c.request("PATCH", &format!("/v1/kv/{}", c.unique_key("m")), b"")
+            .status,
+        405
+    );
+}
+
+// ---- dev-server-only cases ----------------------------------------------------------------
+
+/// Needs a dev server with a configured ACL token.
+fn devserver_acl_token(_: &TestConsul) {
+    let c = TestConsul::start_dev_server(&["--acl-token", "secret"]);
+    let addr = c.addr();
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        crate::support::http::request(&addr, "GET", path, headers, b"")
+    };
+    let r = get("/v1/kv/k", &[]);
+    assert_text(&r, 403, "Permission denied");
+    assert_eq!(r.header("x-consul-default-acl-policy"), Some("deny"));
+    assert_text(
+        &get("/v1/kv/k", &[("X-Consul-Token", "wrong")]),
+        403,
+        "ACL not found",
+    );
+    assert_eq!(get("/v1/kv/k?token=secret", &[]).status, 404);
+    assert_eq!(get("/v1/kv/k", &[("X-Consul-Token", "secret")]).status, 404);
+    assert_eq!(
+        get("/v1/kv/k", &[("Authorization", "bearer secret trailing")]).status,
+        404
+    );
+    assert_eq!(
+        get("/v1/kv/k", &[("Authorization", "Basic secret")]).status,
+        403
+    );
+    // ?token= wins over the header.
+    assert_eq!(
+        get("/v1/kv/k?token=wrong", &[("X-Consul-Token", "secret")]).status,
+        403
+    );
+    assert_eq!(get("/v1/status/leader", &[]).status, 200);
+    assert_eq!(get("/v1/status/peers", &[]).status, 200);
+    assert_eq!(get("/v1/session/list", &[]).status, 403);
+    assert_eq!(get("/v1/agent/self", &[]).status, 403);
+    // Enterprise parameters are refused before the token is looked at.
+    assert_eq!(get("/v1/kv/k?ns=default", &[]).status, 400);
+    let put = crate::support::http::request(&addr, "PUT", "/v1/session/create", &[], b"");
+    assert_eq!(put.status, 403);
+    // The harness sends the configured token itself.
+    assert_eq!(c.put("/v1/session/create", b"").status, 200);
+}
+
+/// Needs `/_devserver/stats`.
+fn devserver_stats(_: &TestConsul) {
+    let c = TestConsul::start_dev_server(&[]);
+    let stats = c.dev_stats().unwrap();
+    assert_eq!(stats, json!({"requests": 0, "sessions": 0, "keys": 0}));
+    let s = session(&c, json!({}));
+    assert!(put_bool(&c, "/v1/kv/a", b""));
+    assert!(put_bool(&c, "/v1/kv/b", b""));
+    let stats = c.dev_stats().unwrap();
+    assert_eq!(stats, json!({"requests": 3, "sessions": 1, "keys": 2}));
+    drop(s);
+    assert_eq!(c.dev_stats().unwrap()["sessions"], json!(0));
+    assert!(
+        c.get("/v1/kv/?keys").json() == json!(["a", "b"]),
+        "a fresh server holds only ours"
+    );
+}
+
+/// Needs the dev server's start-up line.
+fn devserver_startup_line(_: &TestConsul) {
+    let c = TestConsul::start_dev_server(&[]);
+    let line = c
+        .server_log()
+        .into_iter()
+        .find(|l| l.contains("listening on"))
+        .unwrap();
+    assert!(line.contains(&format!("http://{}", c.addr())), "{line}");
+    for words in [
+        "development and tests only",
+        "keeps nothing on disk",
+        "no replacement for Consul",
+    ] {
+        assert!(line.contains(words), "{line}");
+    }
+}
+
+/// Needs a dev server with `-v` and a token, to read its log.
+fn devserver_verbose_log_redacts_tokens(_: &TestConsul) {
+    let c = TestConsul::start_dev_server(&["-v", "--acl-token", "hunter2-token"]);
+    let r =
+        crate::support::http::request(&c.addr(), "GET", "/v1/kv/x?token=hunter2-token", &[], b"");
+    assert_eq!(r.status, 404);
+    wait_until(PROMPT, "the request line in the log", || {
+        c.server_log()
+            .iter()
+            .any(|l| l.contains("GET /v1/kv/x?token=REDACTED 404"))
+    });
+    assert!(
+        c.server_log().iter().all(|l| !l.contains("hunter2")),
+        "{:?}",
+        c.server_log()
+    );
+}
+
+/// Every case, by name, for this file's tests and for `tests/container.rs`.
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        pub(crate) const CASES: &[(&str, fn(&TestConsul))] = &[$((stringify!($name), $name)),*];
+        mod cases {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&crate::support::TestConsul::start());
+                }
+            )*
+        }
+    };
+}
+
+cases![
+    session_create_defaults,
+    session_create_with_fields,
+    session_create_field_names_are_case_insensitive,
+    session_create_empty_checks_remove_default,
+    session_create_lock_delay_forms,
+    session_create_unitless_lock_delay_is_400,
+    session_create_invalid_behavior_is_500,
+    session_create_ttl_validation,
+    session_create_unknown_check_is_500,
+    session_create_ignores_body_without_content_length,
+    session_renew,
+    session_renew_unknown_is_404,
+    session_renew_malformed_or_missing_id,
+    session_destroy_always_true,
+    session_info_missing_is_empty_array,
+    session_list_and_node,
+    session_info_blocks_until_destroy,
+    session_ttl_expiry_releases_keys,
+    session_ttl_expiry_deletes_keys,
+    session_not_expired_within_its_ttl,
+    lock_delay_after_destroy,
+    lock_delay_zero_means_none,
+    release_sets_no_lock_delay,
+    kv_put_get_roundtrip,
+    kv_empty_value_is_null,
+    kv_missing_key_is_404_with_index,
+    kv_missing_key_index_is_the_table_index,
+    kv_empty_key_is_400,
+    kv_flags,
+    kv_raw,
+    kv_recurse,
+    kv_recurse_index_counts_deletes,
+    kv_keys_and_separator,
+    kv_equality_shortcut,
+    kv_cas_put,
+    kv_conflicting_flags,
+    kv_value_size_limit,
+    kv_acquire_absent_key,
+    kv_acquire_held_by_other_is_false,
+    kv_reacquire_by_same_session,
+    kv_acquire_existing_unlocked_key_bumps_lock_index,
+    kv_acquire_unknown_session_is_500,
+    kv_release_rules,
+    kv_locks_are_advisory,
+    kv_delete,
+    kv_delete_cas,
+    kv_delete_recurse,
+    index_is_global_across_sessions_and_kv,
+    blocking_returns_on_change,
+    blocking_times_out_with_unchanged_result,
+    blocking_on_existing_key_wakes_on_delete,
+    blocking_missing_key_ignores_other_writes,
+    blocking_missing_key_wakes_when_created,
+    blocking_bad_wait_or_index_is_400,
+    consistency_modes,
+    read_headers,
+    enterprise_parameters_are_refused,
+    status_endpoints,
+    agent_self,
+    unknown_datacenter_is_500,
+    routing_404_and_405,
+    devserver_acl_token,
+    devserver_stats,
+    devserver_startup_line,
+    devserver_verbose_log_redacts_tokens,
+];
