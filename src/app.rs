@@ -68,12 +68,20 @@ fn run(args: Vec<OsString>) -> i32 {
                 crate::execute::run(args, direct).await
             }
             Command::DevServer(args) => run_dev_server(args, cli.verbose).await,
+            Command::Man => print_bytes(&crate::cli::man_page()?),
+            Command::Completions { shell } => print_bytes(&crate::cli::completions(shell)),
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => report(&e),
     }
+}
+
+fn print_bytes(bytes: &[u8]) -> Result<i32, Error> {
+    use std::io::Write;
+    std::io::stdout().write_all(bytes)?;
+    Ok(exit::SUCCESS)
 }
 
 /// Prints the one-line error and returns its exit code.

@@ -49,6 +49,13 @@ pub enum Command {
     /// Run an in-memory Consul-compatible server for development and tests (keeps nothing on
     /// disk; no replacement for Consul).
     DevServer(DevServerArgs),
+    /// Print the man page (roff) on stdout, e.g. `consullock man > consullock.1`.
+    Man,
+    /// Print a shell completion script on stdout, e.g. `consullock completions bash`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Options shared by `lock` and `execute`.
@@ -166,10 +173,61 @@ pub struct DevServerArgs {
     pub acl_token: Option<String>,
 }
 
+/// The man page: the program's page, then each subcommand's synopsis, description and
+/// options, all from the clap model.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut out)?;
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("consullock {}", sub.get_name());
+        out.extend_from_slice(format!(".SH \"{}\"\n", name.to_uppercase()).as_bytes());
+        let man = clap_mangen::Man::new(sub.clone().bin_name(name));
+        man.render_synopsis_section(&mut out)?;
+        man.render_description_section(&mut out)?;
+        man.render_options_section(&mut out)?;
+    }
+    Ok(out)
+}
+
+/// A completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "consullock", &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn committed_man_page_is_up_to_date() {
+        let committed = include_bytes!("../man/consullock.1");
+        let current = man_page().unwrap();
+        assert!(
+            committed[..] == current[..],
+            "man/consullock.1 is out of date: run `cargo run -- man > man/consullock.1`"
+        );
+    }
+
+    #[test]
+    fn completions_render_for_each_shell() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let script = String::from_utf8(completions(shell)).unwrap();
+            assert!(script.contains("consullock"), "{shell}");
+            for word in ["lock", "unlock", "execute", "--session-ttl"] {
+                assert!(script.contains(word), "{shell} lacks {word}");
+            }
+        }
+    }
 
     #[test]
     fn clap_model_is_consistent() {

@@ -16,14 +16,16 @@ The order of events is the safety argument, so it is spelled out:
 */
 
 use std::ffi::OsString;
+use std::time::Duration;
 
 use crate::app::{acquire_options, client_from_env, seconds, session_settings};
 use crate::cli::ExecuteArgs;
+use crate::consul::Client;
 use crate::error::Error;
 use crate::exit;
 use crate::key::validate_key;
-use crate::lock::{self, HeldLock};
-use crate::session::{LossReason, contact_window, wait_lost};
+use crate::lock::{self, AcquireOptions, HeldLock};
+use crate::session::{LossReason, SessionSettings, contact_window, wait_lost};
 use crate::supervisor::{self, ChildCommand, Outcome, Signal, Signals, SupervisorOptions};
 
 /// Session TTL of `execute` when `--session-ttl` is not given (renewed every TTL/2).
@@ -31,15 +33,101 @@ pub const DEFAULT_TTL: f64 = 15.0;
 /// Lock-delay of `execute` when `--lock-delay` is not given: Consul's own default.
 pub const DEFAULT_LOCK_DELAY: f64 = 15.0;
 
-/// Runs `execute`; `direct` is true for the `-- PROG ARGS` form (no shell).
+/// How `execute` holds its lock.
+#[derive(Debug, Clone)]
+pub struct ExecuteSettings {
+    /// The session to create (renewed every TTL/2).
+    pub session: SessionSettings,
+    /// How to wait for the lock.
+    pub acquire: AcquireOptions,
+    /// Time between SIGTERM and SIGKILL when the command must stop.
+    pub kill_grace: Duration,
+}
+
+impl ExecuteSettings {
+    /// The contact window these settings give, or why they are unsafe (see
+    /// [`contact_window`]).
+    pub fn contact_window(&self) -> Result<Option<Duration>, Error> {
+        contact_window(&self.session, self.kill_grace).map_err(Error::InvalidArguments)
+    }
+}
+
+/// How a command run under a lock ended.
+#[derive(Debug)]
+pub struct Executed {
+    /// What the supervisor saw.
+    pub outcome: Outcome,
+    /// Why the lock was lost, when it was.
+    pub loss: Option<LossReason>,
+    /// The fencing token the command was given.
+    pub fencing_token: u64,
+}
+
+/// Acquires the lock on `key`, runs `command` while it is held, stops the command if the lock is
+/// lost, then releases the lock. `signals` must have been created before anything else (see
+/// [`Signals::install`]); a stop request (TERM, INT, HUP, QUIT) while waiting ends the wait with
+/// [`Error::Interrupted`].
+pub async fn execute_locked(
+    client: &Client,
+    key: &str,
+    settings: &ExecuteSettings,
+    command: ChildCommand,
+    signals: &mut Signals,
+) -> Result<Executed, Error> {
+    validate_key(key)?;
+    let window = settings.contact_window()?;
+    let interrupted = std::cell::Cell::new(None);
+    let cancel = async {
+        interrupted.set(Some(wait_for_stop_request(signals).await));
+    };
+    let acquired = lock::acquire(client, key, &settings.session, &settings.acquire, cancel).await;
+    let mut held = acquired.map_err(|e| match (Error::from(e), interrupted.get()) {
+        (Error::Interrupted { .. }, Some(signal)) => Error::Interrupted {
+            signal: signal.as_raw(),
+        },
+        (error, _) => error,
+    })?;
+
+    held.watch(window);
+    let env = child_environment(&held);
+    let loss = held.loss_receiver();
+    let lost_reason = std::cell::RefCell::new(None::<LossReason>);
+    let lost = async {
+        let reason = wait_lost(loss).await;
+        *lost_reason.borrow_mut() = Some(reason);
+    };
+    let options = SupervisorOptions {
+        kill_grace: settings.kill_grace,
+        env,
+    };
+    let outcome = supervisor::supervise(command, &options, signals, lost).await;
+    let fencing_token = held.fencing_token();
+    if let Err(e) = held.release().await {
+        tracing::warn!("releasing the lock on {key} failed: {e}");
+    }
+    let loss = lost_reason.into_inner();
+    Ok(Executed {
+        outcome,
+        loss,
+        fencing_token,
+    })
+}
+
+/// Runs `execute` from the command line; `direct` is true for the `-- PROG ARGS` form (no
+/// shell). Returns the exit code.
 pub async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
     validate_key(&args.lock.key)?;
-    let settings = session_settings(&args.lock, DEFAULT_TTL, DEFAULT_LOCK_DELAY)?;
-    let options = acquire_options(&args.lock, true)?;
+    let session = session_settings(&args.lock, DEFAULT_TTL, DEFAULT_LOCK_DELAY)?;
+    let acquire = acquire_options(&args.lock, true)?;
     let kill_grace = seconds("--kill-grace", args.kill_grace, &(0.0..=3600.0))
         .map_err(Error::InvalidArguments)?;
-    let window = contact_window(&settings, kill_grace).map_err(Error::InvalidArguments)?;
-    if !settings.ttl_only && settings.lock_delay.is_zero() {
+    let settings = ExecuteSettings {
+        session,
+        acquire,
+        kill_grace,
+    };
+    settings.contact_window()?;
+    if !settings.session.ttl_only && settings.session.lock_delay.is_zero() {
         tracing::warn!(
             "--lock-delay 0 with node checks: if a node check invalidates the session, another \
              holder may get the lock before the command is stopped; use --ttl-only or a lock-delay"
@@ -54,66 +142,37 @@ pub async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
         supervisor::become_subreaper()?;
     }
 
-    let key = args.lock.key.clone();
-    let interrupted = std::cell::Cell::new(None);
-    let cancel = async {
-        interrupted.set(Some(wait_for_stop_request(&mut signals).await));
-    };
-    let mut held = match lock::acquire(&client, &key, &settings, &options, cancel).await {
-        Ok(held) => held,
-        Err(e) => {
-            let error = match (Error::from(e), interrupted.get()) {
-                (Error::Interrupted { .. }, Some(signal)) => Error::Interrupted {
-                    signal: signal.as_raw(),
-                },
-                (error, _) => error,
-            };
-            return match (&error, args.conflict_exit_code) {
-                (Error::NotAcquired { .. } | Error::Timeout { .. }, Some(code)) => {
+    let key = &args.lock.key;
+    let executed = match execute_locked(&client, key, &settings, command, &mut signals).await {
+        Ok(executed) => executed,
+        Err(error @ (Error::NotAcquired { .. } | Error::Timeout { .. })) => {
+            // stdout belongs to the command, even when it did not run: no `null` here.
+            return match args.conflict_exit_code {
+                Some(code) => {
                     eprintln!("consullock: {error}");
                     Ok(i32::from(code))
                 }
-                _ => Err(error),
+                None => Err(error),
             };
         }
+        Err(error) => return Err(error),
     };
-
-    held.watch(window);
-    let env = child_environment(&held);
-    let loss = held.loss_receiver();
-    let lost_reason = std::cell::RefCell::new(None::<LossReason>);
-    let lost = async {
-        let reason = wait_lost(loss).await;
-        *lost_reason.borrow_mut() = Some(reason);
-    };
-    let outcome = supervisor::supervise(
-        command,
-        &SupervisorOptions { kill_grace, env },
-        &mut signals,
-        lost,
-    )
-    .await;
-
-    let code = match &outcome {
-        Outcome::Exited(code) => *code,
+    Ok(match executed.outcome {
+        Outcome::Exited(code) => code,
         Outcome::Signaled(signal) => exit::from_signal(signal.as_raw()),
         Outcome::SpawnFailed { code, error } => {
             eprintln!("consullock: cannot run the command: {error}");
-            *code
+            code
         }
         Outcome::LockLost { .. } => {
-            let reason = lost_reason.borrow().clone();
-            let reason = reason
+            let reason = executed
+                .loss
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "unknown".into());
             eprintln!("consullock: lock lost on {key}: {reason}; the command was stopped");
             i32::from(args.lock_lost_exit_code)
         }
-    };
-    if let Err(e) = held.release().await {
-        tracing::warn!("releasing the lock on {key} failed: {e}");
-    }
-    Ok(code)
+    })
 }
 
 /// Waits for a signal that asks us to stop (TERM, INT, HUP, QUIT). The others have no child to

@@ -17,7 +17,9 @@ pub mod execute;
 pub mod exit;
 pub mod key;
 pub mod lock;
+pub mod manager;
 pub mod session;
 pub mod supervisor;
 
 pub use error::Error;
+pub use manager::{LockGuard, LockManager};

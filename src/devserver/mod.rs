@@ -47,6 +47,17 @@ pub struct Options {
     pub verbose: u8,
 }
 
+impl Default for Options {
+    /// An ephemeral port on the loopback interface, no ACL token, quiet.
+    fn default() -> Options {
+        Options {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            acl_token: None,
+            verbose: 0,
+        }
+    }
+}
+
 /// State shared by every connection: the store, the change signal blocking queries wait on,
 /// and the settings.
 pub(crate) struct Shared {
@@ -157,29 +168,81 @@ pub async fn run(options: Options) -> std::io::Result<()> {
         "consullock dev-server listening on http://{bound} (in-memory, for development and tests \
          only; keeps nothing on disk; no replacement for Consul)"
     );
-    tokio::spawn(expire_sessions(shared.clone()));
+    tokio::select! {
+        _ = interrupt.recv() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+        () = serve(listener, shared) => Ok(()),
+    }
+}
+
+/// A dev server running inside this process, for tests and documentation examples. It stops
+/// when dropped.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let server = consullock::devserver::DevServer::start(Default::default()).await?;
+/// println!("a Consul-compatible API on {}", server.address());
+/// # Ok::<(), std::io::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct DevServer {
+    address: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DevServer {
+    /// Binds `options.listen` and serves in a background task of the current tokio runtime.
+    pub async fn start(options: Options) -> std::io::Result<DevServer> {
+        let listener = TcpListener::bind(options.listen).await?;
+        let address = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(&options, node_name()));
+        let task = tokio::spawn(serve(listener, shared));
+        Ok(DevServer { address, task })
+    }
+
+    /// The bound address (`127.0.0.1:PORT`), usable as `CONSUL_HTTP_ADDR`.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Accepts connections for ever, serving each in its own task, with the session expiry task
+/// alongside.
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let expiry = tokio::spawn(expire_sessions(shared.clone()));
+    // Stop the expiry task with the server (the accept loop only ends when its task is
+    // aborted, which drops this guard).
+    let _expiry = AbortOnDrop(expiry);
     loop {
-        tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(pair) => pair,
-                    // Accept errors (e.g. too many open files) concern one connection only.
-                    Err(e) => {
-                        eprintln!("consullock dev-server: accept failed: {e}");
-                        continue;
-                    }
-                };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| http::handle(shared.clone(), request));
-                    // A client that hangs up mid-request is its own business.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let (stream, _) = match listener.accept().await {
+            Ok(pair) => pair,
+            // Accept errors (e.g. too many open files) concern one connection only.
+            Err(e) => {
+                eprintln!("consullock dev-server: accept failed: {e}");
+                continue;
             }
-        }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| http::handle(shared.clone(), request));
+            // A client that hangs up mid-request is its own business.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
