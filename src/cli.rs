@@ -223,7 +223,7 @@ mod tests {
         ] {
             let script = String::from_utf8(completions(shell)).unwrap();
             assert!(script.contains("consullock"), "{shell}");
-            for word in ["lock", "unlock", "execute", "--session-ttl"] {
+            for word in ["lock", "unlock", "execute", "session-ttl", "kill-grace"] {
                 assert!(script.contains(word), "{shell} lacks {word}");
             }
         }
