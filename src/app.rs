@@ -185,8 +185,56 @@ pub(crate) fn acquire_options(args: &LockArgs, keep_alive: bool) -> Result<Acqui
         },
         lock_delay_backoff_cap: interval,
         keep_alive,
+        on_wait: HolderLine::observer(),
     })
 }
+
+/// The one stderr line that says who holds the lock we wait for, rewritten in place. Only on
+/// a terminal: in a log file, a line per wake-up would be noise.
+pub(crate) struct HolderLine;
+
+impl HolderLine {
+    fn observer() -> Option<lock::WaitObserver> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        Some(lock::WaitObserver(std::sync::Arc::new(
+            |waiting: &lock::Waiting| {
+                eprint!("\r\x1b[2K{}", HolderLine::text(waiting));
+                HOLDER_LINE_SHOWN.store(true, std::sync::atomic::Ordering::Relaxed);
+            },
+        )))
+    }
+
+    fn text(waiting: &lock::Waiting) -> String {
+        let mut text = format!(
+            "consullock: waiting for {}, held by session {}",
+            waiting.key, waiting.holder
+        );
+        if let Some(info) = &waiting.info {
+            let mut details = Vec::new();
+            if let Some(host) = &info.hostname {
+                details.push(format!("host {host}"));
+            }
+            if let Some(pid) = info.pid {
+                details.push(format!("pid {pid}"));
+            }
+            details.push(format!("since {} UTC", info.created));
+            text.push_str(&format!(" ({})", details.join(", ")));
+        }
+        text
+    }
+
+    /// Clears the line, if one was shown, before anything else is printed.
+    pub(crate) fn clear() {
+        if HOLDER_LINE_SHOWN.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+static HOLDER_LINE_SHOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn run_lock(args: LockArgs) -> Result<i32, Error> {
     validate_key(&args.key)?;
@@ -201,7 +249,9 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
             crate::execute::wait_for_stop_request(&mut signals).await,
         ));
     };
-    match lock::acquire(&client, &args.key, &settings, &options, cancel).await {
+    let acquired = lock::acquire(&client, &args.key, &settings, &options, cancel).await;
+    HolderLine::clear();
+    match acquired {
         Ok(held) => {
             let fencing_token = held.fencing_token();
             let lock_index = held.lock_index();

@@ -81,6 +81,7 @@ pub async fn execute_locked(
         interrupted.set(Some(wait_for_stop_request(signals).await));
     };
     let acquired = lock::acquire(client, key, &settings.session, &settings.acquire, cancel).await;
+    crate::app::HolderLine::clear();
     let mut held = acquired.map_err(|e| match (Error::from(e), interrupted.get()) {
         (Error::Interrupted { .. }, Some(signal)) => Error::Interrupted {
             signal: signal.as_raw(),

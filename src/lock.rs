@@ -87,6 +87,27 @@ pub struct Hooks {
     pub already_locked: Vec<OsString>,
 }
 
+/// Who holds a lock that [`acquire`] is waiting for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    /// The key.
+    pub key: String,
+    /// The holder's session.
+    pub holder: String,
+    /// The holder's lock information, when its value is a lock's JSON.
+    pub info: Option<LockInfo>,
+}
+
+/// Called each time [`acquire`] starts waiting for a held lock (for a progress line).
+#[derive(Clone)]
+pub struct WaitObserver(pub std::sync::Arc<dyn Fn(&Waiting) + Send + Sync>);
+
+impl std::fmt::Debug for WaitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WaitObserver")
+    }
+}
+
 /// How to wait for a lock.
 #[derive(Debug, Clone)]
 pub struct AcquireOptions {
@@ -103,6 +124,8 @@ pub struct AcquireOptions {
     /// Renew the session while waiting and holding (`execute` and the library); `lock` leaves
     /// its session to live its TTL.
     pub keep_alive: bool,
+    /// Told who holds the lock whenever a wait for it begins.
+    pub on_wait: Option<WaitObserver>,
 }
 
 impl Default for AcquireOptions {
@@ -114,6 +137,7 @@ impl Default for AcquireOptions {
             hooks: Hooks::default(),
             lock_delay_backoff_cap: LOCK_DELAY_BACKOFF_CAP,
             keep_alive: true,
+            on_wait: None,
         }
     }
 }
@@ -335,6 +359,14 @@ async fn attempt_loop(
         match read.value.as_ref().and_then(|e| e.session.clone()) {
             Some(holder) => {
                 backoff = LOCK_DELAY_BACKOFF_START;
+                if let Some(observer) = &options.on_wait {
+                    let info = read.value.as_ref().and_then(|e| LockInfo::parse(&e.value));
+                    (observer.0)(&Waiting {
+                        key: key.to_owned(),
+                        holder: holder.clone(),
+                        info,
+                    });
+                }
                 tracing::debug!(key, holder = %holder, "lock held; waiting for a change");
                 wait_for_change(client, key, read.index, deadline, liveness).await?;
             }

@@ -483,3 +483,49 @@ fn sigterm_during_a_blocking_wait_exits_promptly_and_leaves_no_session() {
     }
     unlock(&consul, &[&key]);
 }
+
+#[test]
+fn a_waiting_lock_shows_its_holder_on_a_terminal_only() {
+    let consul = TestConsul::start();
+    let key = consul.unique_key("holderline");
+    assert_eq!(code(&lock(&consul, &["--metadata", "m", &key])), 0);
+    let holder_pid = value_json(&entry(&consul, &key).unwrap())["pid"].clone();
+
+    // Not a terminal: nothing but the one-line error.
+    let output = lock(&consul, &["--timeout", "0.5", &key]);
+    assert_eq!(code(&output), 5);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("held by session"), "{stderr}");
+
+    // A terminal, through script(1): one line naming the holder, then cleared in place.
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("SKIP terminal part of a_waiting_lock_shows_its_holder: script(1) not installed");
+    } else {
+        let command = consul.command();
+        let shell_command = format!(
+            "{} lock --timeout 0.5 {key}",
+            env!("CARGO_BIN_EXE_consullock")
+        );
+        let mut script = Command::new("script");
+        script.args(["-qec", &shell_command, "/dev/null"]);
+        for (name, value) in command.get_envs() {
+            match value {
+                Some(value) => script.env(name, value),
+                None => script.env_remove(name),
+            };
+        }
+        let output = run(script);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(text.matches("held by session").count(), 1, "{text:?}");
+        assert!(
+            text.contains(&format!("waiting for {key}, held by session")),
+            "{text:?}"
+        );
+        assert!(text.contains(&format!("pid {holder_pid}")), "{text:?}");
+        assert!(
+            text.contains("\r\x1b[2Knull"),
+            "the line is cleared before the result: {text:?}"
+        );
+    }
+    unlock(&consul, &[&key]);
+}
