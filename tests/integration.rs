@@ -6,4 +6,5 @@ mod container;
 mod errors;
 mod library;
 mod lock;
+mod safety;
 mod support;
