@@ -212,3 +212,84 @@ fn cancelling_a_wait_destroys_the_session() {
         held.release().await.unwrap();
     });
 }
+
+/// An HTTP server that answers every connection with `status`, `headers` and `body`.
+fn fake_server(status: &str, headers: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let answer = format!(
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    address
+}
+
+#[test]
+fn the_index_header_is_parsed_strictly() {
+    let cases = [
+        ("", "missing"),
+        ("X-Consul-Index: 12abc\r\n", "not a number"),
+        ("X-Consul-Index: -1\r\n", "not a number"),
+    ];
+    runtime().block_on(async {
+        for (headers, what) in cases {
+            let address = fake_server("200 OK", headers, "[]");
+            let client = Client::new(&ConsulConfig::for_address(&address).unwrap()).unwrap();
+            let error = client.kv_get("k", &Default::default()).await.unwrap_err();
+            assert!(
+                matches!(&error, consullock::consul::ConsulError::InvalidResponse { what: w, .. } if w.contains(what)),
+                "{error}"
+            );
+        }
+    });
+}
+
+#[test]
+fn errors_are_typed_by_status() {
+    use consullock::consul::ConsulError;
+    let cases: [(&str, &str, fn(&ConsulError) -> bool); 4] = [
+        ("403 Forbidden", "Permission denied", |e| {
+            matches!(e, ConsulError::PermissionDenied { .. })
+        }),
+        ("429 Too Many Requests", "RPC rate limit exceeded", |e| {
+            matches!(e, ConsulError::RateLimited { .. }) && e.is_transient()
+        }),
+        ("500 Internal Server Error", "No cluster leader", |e| {
+            matches!(e, ConsulError::Server { status: 500, .. }) && e.is_transient()
+        }),
+        (
+            "500 Internal Server Error",
+            "rpc error making call: invalid session \"abc-123\"",
+            |e| matches!(e, ConsulError::InvalidSession { .. }),
+        ),
+    ];
+    runtime().block_on(async {
+        for (status, body, expected) in cases {
+            let address = fake_server(status, "", body);
+            let client = Client::new(&ConsulConfig::for_address(&address).unwrap()).unwrap();
+            let error = client
+                .kv_put(
+                    "k",
+                    b"v",
+                    consullock::consul::PutMode::Acquire("abc-123"),
+                    None,
+                )
+                .await
+                .unwrap_err();
+            assert!(expected(&error), "{error:?}");
+            assert!(
+                error.to_string().contains(&address),
+                "names the address: {error}"
+            );
+        }
+    });
+}
