@@ -256,7 +256,8 @@ fn the_index_header_is_parsed_strictly() {
 #[test]
 fn errors_are_typed_by_status() {
     use consullock::consul::ConsulError;
-    let cases: [(&str, &str, fn(&ConsulError) -> bool); 4] = [
+    type Case = (&'static str, &'static str, fn(&ConsulError) -> bool);
+    let cases: [Case; 4] = [
         ("403 Forbidden", "Permission denied", |e| {
             matches!(e, ConsulError::PermissionDenied { .. })
         }),
