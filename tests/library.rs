@@ -24,6 +24,15 @@ fn settings(key: &str) -> SessionSettings {
     }
 }
 
+/// Acquires `key` with the test session settings and no cancellation.
+async fn acquire(
+    client: &Client,
+    key: &str,
+    options: &AcquireOptions,
+) -> Result<lock::HeldLock, AcquireError> {
+    lock::acquire(client, key, &settings(key), options, std::future::pending()).await
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -41,15 +50,7 @@ fn acquire_find_release() {
             metadata: Some(serde_json::json!({"who": "lib"})),
             ..AcquireOptions::default()
         };
-        let held = lock::acquire(
-            &client,
-            &key,
-            &settings(&key),
-            &options,
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+        let held = acquire(&client, &key, &options).await.unwrap();
         assert_eq!(held.key(), key);
         assert!(held.fencing_token() > 0);
 
@@ -63,14 +64,7 @@ fn acquire_find_release() {
             non_blocking: true,
             ..AcquireOptions::default()
         };
-        let refused = lock::acquire(
-            &client,
-            &key,
-            &settings(&key),
-            &busy,
-            std::future::pending(),
-        )
-        .await;
+        let refused = acquire(&client, &key, &busy).await;
         assert!(
             matches!(refused, Err(AcquireError::NotAcquired { .. })),
             "{refused:?}"
@@ -91,15 +85,7 @@ fn acquire_find_release() {
         assert_eq!(info.value, None, "session destroyed");
 
         // The next holder gets a larger fencing token, although the key was deleted between.
-        let again = lock::acquire(
-            &client,
-            &key,
-            &settings(&key),
-            &busy,
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+        let again = acquire(&client, &key, &busy).await.unwrap();
         assert!(again.fencing_token() > first_token);
         again.release().await.unwrap();
     });
@@ -113,15 +99,9 @@ fn find_regex_lists_non_lock_keys_without_information() {
     runtime().block_on(async {
         let client = client(&consul);
         let key = format!("{base}/lock");
-        let held = lock::acquire(
-            &client,
-            &key,
-            &settings(&key),
-            &AcquireOptions::default(),
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+        let held = acquire(&client, &key, &AcquireOptions::default())
+            .await
+            .unwrap();
         let pattern = regex::Regex::new(&format!("{}/.*", regex::escape(&base))).unwrap();
         let found = lock::find_regex(&client, &pattern).await.unwrap();
         let summary: Vec<(String, bool)> = found
@@ -146,15 +126,9 @@ fn a_watched_lock_reports_loss_when_its_session_is_destroyed() {
     let key = consul.unique_key("watch");
     runtime().block_on(async {
         let client = client(&consul);
-        let mut held = lock::acquire(
-            &client,
-            &key,
-            &settings(&key),
-            &AcquireOptions::default(),
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+        let mut held = acquire(&client, &key, &AcquireOptions::default())
+            .await
+            .unwrap();
         held.watch(None);
         client
             .session_destroy(held.session_id(), Duration::from_secs(5))
@@ -180,15 +154,9 @@ fn cancelling_a_wait_destroys_the_session() {
     let key = consul.unique_key("cancel");
     runtime().block_on(async {
         let client = client(&consul);
-        let held = lock::acquire(
-            &client,
-            &key,
-            &settings(&key),
-            &AcquireOptions::default(),
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+        let held = acquire(&client, &key, &AcquireOptions::default())
+            .await
+            .unwrap();
         let cancel = tokio::time::sleep(Duration::from_millis(300));
         let result = lock::acquire(
             &client,
