@@ -1087,3 +1087,107 @@ fn twenty_contenders_run_one_at_a_time() {
     }
     assert_nothing_left(&consul, &key);
 }
+
+#[test]
+fn a_stop_signal_while_waiting_ends_the_wait_and_leaves_nothing() {
+    let consul = TestConsul::start();
+    let key = consul.unique_key("interrupted-wait");
+    let print_signals = print_signals();
+    let mut holder = Running::start(
+        execute_command(
+            &consul,
+            &[
+                &key,
+                "--",
+                print_signals.to_str().unwrap(),
+                "--exit-on-term",
+            ],
+        ),
+        false,
+    );
+    holder.ready_pid();
+    for (signal, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let mut waiter = Running::start(
+            execute_command(&consul, &[&key, "--", "sh", "-c", "echo ran"]),
+            false,
+        );
+        wait_until(HANDSHAKE, "the waiter's session", || {
+            waiter.assert_running("while it should wait");
+            sessions_of(&consul, &key).len() == 2
+        });
+        // USR1 has no child to go to yet: it must not end the wait.
+        waiter.signal(Signal::SIGUSR1);
+        waiter.signal(signal);
+        assert_eq!(waiter.wait(EXIT), code, "{signal}: {}", waiter.stderr());
+        assert_eq!(waiter.stdout(), "", "{signal}");
+        assert_eq!(
+            sessions_of(&consul, &key).len(),
+            1,
+            "{signal}: the waiter's session is left"
+        );
+    }
+    holder.signal(Signal::SIGTERM);
+    assert_eq!(holder.wait(EXIT), 143, "stderr: {}", holder.stderr());
+    assert_nothing_left(&consul, &key);
+}
+
+/// The children of `pid` (from /proc), with their state letters.
+fn children_of(pid: i32) -> Vec<(i32, String)> {
+    let entries = std::fs::read_dir("/proc").expect("procfs");
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let mut fields = stat.rsplit_once(") ")?.1.split_whitespace();
+            let state = fields.next()?.to_string();
+            let ppid: i32 = fields.next()?.parse().ok()?;
+            (ppid == pid).then_some((p, state))
+        })
+        .collect()
+}
+
+#[test]
+fn as_subreaper_it_reaps_orphaned_grandchildren() {
+    let consul = TestConsul::start();
+    let key = consul.unique_key("subreaper");
+    let print_signals = print_signals();
+    let mut running = Running::start(
+        execute_command(
+            &consul,
+            &[
+                "-vv",
+                "--subreaper",
+                &key,
+                "--",
+                print_signals.to_str().unwrap(),
+                "--orphan",
+                "3",
+                "--exit-on-term",
+            ],
+        ),
+        false,
+    );
+    let child = running.ready_pid();
+    // The orphans were re-parented to consullock when their shell exited; once they have
+    // exited too, consullock must have reaped them: its only child left is print_signals.
+    wait_until(Duration::from_secs(10), "the orphans to be reaped", || {
+        let children = children_of(running.pid());
+        children.len() == 1 && children[0].0 == child && children[0].1 != "Z"
+    });
+    // And they were ours to reap (`sh -c '(sleep 0.2; exit 3) &'` three times), not init's.
+    let reaped = |stderr: &str| {
+        stderr
+            .lines()
+            .filter(|l| l.contains("reaped orphan") && l.contains("Exited(3)"))
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "three orphans reaped by consullock",
+        || reaped(&running.stderr()) == 3,
+    );
+    running.signal(Signal::SIGTERM);
+    assert_eq!(running.wait(EXIT), 143, "stderr: {}", running.stderr());
+    assert_nothing_left(&consul, &key);
+}
