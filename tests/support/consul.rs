@@ -55,14 +55,8 @@ impl TestConsul {
 
     /// An existing Consul at `addr` (`host:port` or `http://host:port`).
     pub(crate) fn external(addr: &str, token: Option<String>) -> TestConsul {
-        assert!(
-            !addr.starts_with("https://"),
-            "the raw test client speaks plain HTTP only: {addr}"
-        );
-        let host_port = addr
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
+        assert!(!addr.starts_with("https://"), "the raw test client speaks plain HTTP only: {addr}");
+        let host_port = addr.trim_start_matches("http://").trim_end_matches('/').to_string();
         TestConsul {
             addr: host_port,
             http_addr: addr.to_string(),
@@ -106,23 +100,14 @@ impl TestConsul {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "dev server did not start within {STARTUP_TIMEOUT:?}: {:?}",
-                    log.lock().unwrap()
-                );
+                panic!("dev server did not start within {STARTUP_TIMEOUT:?}: {:?}", log.lock().unwrap());
             }
         };
         let token = extra_args
             .windows(2)
             .find(|pair| pair[0] == "--acl-token")
             .map(|pair| pair[1].to_string());
-        TestConsul {
-            http_addr: format!("http://{addr}"),
-            addr,
-            token,
-            child: Some(child),
-            log,
-        }
+        TestConsul { http_addr: format!("http://{addr}"), addr, token, child: Some(child), log }
     }
 
     /// Whether this is a private dev server.
@@ -151,19 +136,10 @@ impl TestConsul {
     }
 
     /// [`TestConsul::request`] with an explicit timeout, for blocking queries.
-    pub(crate) fn request_timeout(
-        &self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        timeout: Duration,
-    ) -> Response {
+    pub(crate) fn request_timeout(&self, method: &str, path: &str, body: &[u8], timeout: Duration) -> Response {
         let token = self.token.clone().unwrap_or_default();
-        let headers: Vec<(&str, &str)> = if token.is_empty() {
-            vec![]
-        } else {
-            vec![("X-Consul-Token", token.as_str())]
-        };
+        let headers: Vec<(&str, &str)> =
+            if token.is_empty() { vec![] } else { vec![("X-Consul-Token", token.as_str())] };
         http::request_with_timeout(&self.addr, method, path, &headers, body, timeout)
     }
 
@@ -207,8 +183,7 @@ impl TestConsul {
 
     /// The dev server's `/_devserver/stats`; None on a real Consul.
     pub(crate) fn dev_stats(&self) -> Option<serde_json::Value> {
-        self.is_dev_server()
-            .then(|| self.get("/_devserver/stats").json())
+        self.is_dev_server().then(|| self.get("/_devserver/stats").json())
     }
 
     /// `/v1/session/list`.
@@ -222,10 +197,7 @@ impl TestConsul {
     /// The agent's node name, from `/v1/agent/self`.
     pub(crate) fn node_name(&self) -> String {
         let agent = self.get("/v1/agent/self").json();
-        agent["Config"]["NodeName"]
-            .as_str()
-            .expect("NodeName")
-            .to_string()
+        agent["Config"]["NodeName"].as_str().expect("NodeName").to_string()
     }
 }
 
@@ -242,10 +214,7 @@ impl Drop for TestConsul {
 pub(crate) fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
         std::thread::sleep(POLL_INTERVAL);
     }
 }

@@ -26,31 +26,19 @@ impl Response {
     /// The first header with this name (case-insensitive).
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 
     /// `X-Consul-Index` as a number; panics when absent.
     pub(crate) fn index(&self) -> u64 {
-        let value = self
-            .header("x-consul-index")
-            .unwrap_or_else(|| panic!("no index: {self:?}"));
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad index {value:?}"))
+        let value = self.header("x-consul-index").unwrap_or_else(|| panic!("no index: {self:?}"));
+        value.parse().unwrap_or_else(|_| panic!("bad index {value:?}"))
     }
 
     /// The body parsed as JSON; panics with the body when it is not JSON.
     pub(crate) fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?} (status {})",
-                self.text(),
-                self.status
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?} (status {})", self.text(), self.status))
     }
 
     /// The body as text (lossy UTF-8).
@@ -99,17 +87,12 @@ pub(crate) fn try_request(
     let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let mut head =
-        format!("{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    let sends_length = headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        || headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+    let sends_length = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        || headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
     if !sends_length && (!body.is_empty() || matches!(method, "PUT" | "POST")) {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
@@ -123,10 +106,7 @@ pub(crate) fn try_request(
 
 fn parse(raw: &[u8]) -> io::Result<Response> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no header end"))?;
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("header not UTF-8"))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
@@ -146,20 +126,13 @@ fn parse(raw: &[u8]) -> io::Result<Response> {
     let body = if chunked {
         dechunk(rest).ok_or_else(|| bad("bad chunked body"))?
     } else {
-        let length = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.parse().ok());
+        let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok());
         match length {
             Some(n) if n <= rest.len() => rest[..n].to_vec(),
             _ => rest.to_vec(),
         }
     };
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    Ok(Response { status, headers, body })
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
