@@ -4,6 +4,7 @@
 mod conformance;
 mod container;
 mod errors;
+mod execute;
 mod library;
 mod lock;
 mod safety;

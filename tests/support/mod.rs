@@ -5,6 +5,7 @@
 
 pub(crate) mod consul;
 pub(crate) mod http;
+pub(crate) mod proxy;
 
 pub(crate) use consul::{TestConsul, wait_until};
 #[allow(unused_imports)]
