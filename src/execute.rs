@@ -103,10 +103,18 @@ pub async fn execute_locked(
     };
     let outcome = supervisor::supervise(command, &options, signals, lost).await;
     let fencing_token = held.fencing_token();
-    if let Err(e) = held.release().await {
+    let loss = lost_reason.into_inner();
+    // After a loss the key is gone or someone else's, or Consul is out of reach: a release
+    // would only answer `false` or hang for its deadline. Destroying the session is all that is
+    // left to do (it is a no-op when Consul already invalidated it).
+    let cleanup = if loss.is_some() {
+        held.abandon().await
+    } else {
+        held.release().await
+    };
+    if let Err(e) = cleanup {
         tracing::warn!("releasing the lock on {key} failed: {e}");
     }
-    let loss = lost_reason.into_inner();
     Ok(Executed {
         outcome,
         loss,
