@@ -116,6 +116,8 @@ impl Client {
         }
         if config.scheme == Scheme::Https {
             builder = tls::configure(builder, config)?;
+        } else {
+            builder = tls::plain_http(builder);
         }
         let http = builder.build().map_err(|e| ConfigError {
             variable: "CONSUL_HTTP_ADDR",
@@ -618,6 +620,15 @@ mod tls {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
 
+    /// A client for plain HTTP never verifies a certificate, yet reqwest builds its TLS
+    /// verifier in `build()`, and the platform verifier reads and parses every system root
+    /// certificate (~150 files under /etc/ssl/certs): most of `execute`'s start-up time. An
+    /// empty root set makes that free, and fails closed should the client ever meet HTTPS
+    /// (a redirect): no certificate can be trusted.
+    pub(super) fn plain_http(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        builder.tls_certs_only(Vec::new())
+    }
+
     /// Applies the TLS settings: CA file or directory, client certificate, verification.
     pub(super) fn configure(
         mut builder: reqwest::ClientBuilder,
@@ -690,6 +701,10 @@ mod tls {
     use crate::config::{ConfigError, ConsulConfig};
 
     pub(super) fn install_provider() {}
+
+    pub(super) fn plain_http(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        builder
+    }
 
     pub(super) fn configure(
         _builder: reqwest::ClientBuilder,
