@@ -57,6 +57,8 @@ pub struct Client {
     basic_auth: Option<(String, Option<Secret>)>,
     /// `dc`, `ns`, `partition`: sent on every request when configured.
     common_query: Vec<(&'static str, String)>,
+    /// What the client was built from, for [`Client::with_own_pool`].
+    config: std::sync::Arc<ConsulConfig>,
 }
 
 impl std::fmt::Debug for Client {
@@ -144,7 +146,16 @@ impl Client {
             token: config.token.clone(),
             basic_auth: config.basic_auth.clone(),
             common_query,
+            config: std::sync::Arc::new(config.clone()),
         })
+    }
+
+    /// A client for the same agent with a connection pool of its own. A long blocking read
+    /// holds its connection for minutes, and aborting it closes that connection: on its own
+    /// pool, it leaves the connection of the other requests idle and ready, so e.g. the
+    /// release after a watch needs no new TCP (or TLS) handshake.
+    pub fn with_own_pool(&self) -> Result<Client, ConfigError> {
+        Client::new(&self.config)
     }
 
     /// The agent's address, for messages.
