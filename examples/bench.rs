@@ -374,7 +374,7 @@ impl Bench {
             running.push(spawn()?);
         }
         // Nobody can leave before the gate opens (see the child), so the count only grows.
-        wait_for(|| Ok(self.server.stats()?.sessions >= sessions_before + waiters as u64 + 1))?;
+        wait_for(|| Ok(self.server.stats()?.sessions > sessions_before + waiters as u64))?;
         let ready_at = now_ns();
         File::create(log.with_extension("go")).map_err(|e| e.to_string())?;
         let mut finished_after_ready = 0;
@@ -386,9 +386,10 @@ impl Bench {
             }
             let mut i = 0;
             while i < running.len() {
-                if let Some(status) = running[i].try_wait().map_err(|e| e.to_string())? {
-                    running.swap_remove(i);
-                    expect_code(Ok(status), 0, "a contender")?;
+                if running[i].try_wait().map_err(|e| e.to_string())?.is_some() {
+                    // Reaped already: wait() returns the status try_wait() saw.
+                    let mut finished = running.swap_remove(i);
+                    expect_code(finished.wait(), 0, "a contender")?;
                     finished_after_ready += 1;
                     running.push(spawn()?);
                 } else {
