@@ -590,6 +590,16 @@ async fn monitor_loop(
     wait: Duration,
     shared: std::sync::Arc<crate::session::Shared>,
 ) {
+    // Its own pool: the release that aborts this watch then finds the shared pool's
+    // connection idle instead of connecting anew (on the handoff's critical path). Built here,
+    // in the task, so that it costs nothing before the child starts.
+    let client = match client.with_own_pool() {
+        Ok(own) => own,
+        Err(e) => {
+            tracing::debug!("watching on the shared connection pool: {e}");
+            client
+        }
+    };
     loop {
         let sent_at = Instant::now();
         let options = QueryOptions::blocking(index.max(1), wait).consistent();

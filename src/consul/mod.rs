@@ -57,6 +57,8 @@ pub struct Client {
     basic_auth: Option<(String, Option<Secret>)>,
     /// `dc`, `ns`, `partition`: sent on every request when configured.
     common_query: Vec<(&'static str, String)>,
+    /// What the client was built from, for [`Client::with_own_pool`].
+    config: std::sync::Arc<ConsulConfig>,
 }
 
 impl std::fmt::Debug for Client {
@@ -116,6 +118,8 @@ impl Client {
         }
         if config.scheme == Scheme::Https {
             builder = tls::configure(builder, config)?;
+        } else {
+            builder = tls::plain_http(builder);
         }
         let http = builder.build().map_err(|e| ConfigError {
             variable: "CONSUL_HTTP_ADDR",
@@ -142,7 +146,16 @@ impl Client {
             token: config.token.clone(),
             basic_auth: config.basic_auth.clone(),
             common_query,
+            config: std::sync::Arc::new(config.clone()),
         })
+    }
+
+    /// A client for the same agent with a connection pool of its own. A long blocking read
+    /// holds its connection for minutes, and aborting it closes that connection: on its own
+    /// pool, it leaves the connection of the other requests idle and ready, so e.g. the
+    /// release after a watch needs no new TCP (or TLS) handshake.
+    pub fn with_own_pool(&self) -> Result<Client, ConfigError> {
+        Client::new(&self.config)
     }
 
     /// The agent's address, for messages.
@@ -618,6 +631,15 @@ mod tls {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
 
+    /// A client for plain HTTP never verifies a certificate, yet reqwest builds its TLS
+    /// verifier in `build()`, and the platform verifier reads and parses every system root
+    /// certificate (~150 files under /etc/ssl/certs): most of `execute`'s start-up time. An
+    /// empty root set makes that free, and fails closed should the client ever meet HTTPS
+    /// (a redirect): no certificate can be trusted.
+    pub(super) fn plain_http(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        builder.tls_certs_only(Vec::new())
+    }
+
     /// Applies the TLS settings: CA file or directory, client certificate, verification.
     pub(super) fn configure(
         mut builder: reqwest::ClientBuilder,
@@ -690,6 +712,10 @@ mod tls {
     use crate::config::{ConfigError, ConsulConfig};
 
     pub(super) fn install_provider() {}
+
+    pub(super) fn plain_http(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        builder
+    }
 
     pub(super) fn configure(
         _builder: reqwest::ClientBuilder,
