@@ -69,9 +69,12 @@ fn ping_unix(socket: &Path, ping: &[u8]) -> std::io::Result<bool> {
 #[test]
 fn conformance_against_consul_container() {
     if let Err(reason) = docker_engine() {
-        println!(
-            "SKIP conformance_against_consul_container: no Docker engine reachable ({reason}); \
-             set CONSULLOCK_TEST_CONSUL_ADDR to run the suite against an existing Consul"
+        crate::support::skip(
+            "conformance_against_consul_container",
+            &format!(
+                "no Docker engine reachable ({reason}); set CONSULLOCK_TEST_CONSUL_ADDR to run the \
+                 suite against an existing Consul"
+            ),
         );
         return;
     }

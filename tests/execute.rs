@@ -859,7 +859,10 @@ fn as_pid1_it_reaps_orphans_forwards_term_and_propagates_the_exit_code() {
         .status()
         .is_ok_and(|s| s.success());
     if !works {
-        eprintln!("skipped: `unshare --pid --fork --mount-proc` is unavailable here (needs root)");
+        crate::support::skip(
+            "PID-1 tests",
+            "`unshare --pid --fork --mount-proc` is unavailable here (needs root)",
+        );
         return;
     }
     let consul = TestConsul::start();

@@ -499,7 +499,10 @@ fn a_waiting_lock_shows_its_holder_on_a_terminal_only() {
 
     // A terminal, through script(1): one line naming the holder, then cleared in place.
     if Command::new("script").arg("--version").output().is_err() {
-        println!("SKIP terminal part of a_waiting_lock_shows_its_holder: script(1) not installed");
+        crate::support::skip(
+            "a_waiting_lock_shows_its_holder (terminal part)",
+            "script(1) is not installed",
+        );
     } else {
         let command = consul.command();
         let shell_command = format!(

@@ -4,6 +4,7 @@
 //! each other; the one test of the real process-wide intake is serialized by a mutex.
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -555,7 +556,10 @@ async fn installed_intake_receives_signals_and_children_start_clean() {
 #[tokio::test]
 async fn as_pid1_reaps_orphans_and_forwards_term() {
     if !running_as_root() || !Path::new("/usr/bin/unshare").exists() {
-        eprintln!("skipped: needs root and unshare");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP supervisor PID-1 test: needs root and unshare"
+        );
         return;
     }
     let demo = example("supervise_demo");
@@ -641,7 +645,10 @@ async fn child_dies_with_a_sigkilled_supervisor() {
 #[tokio::test]
 async fn terminal_goes_to_the_child_and_back() {
     if !Path::new("/usr/bin/script").exists() {
-        eprintln!("skipped: needs script(1) for a pty");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP supervisor terminal test: needs script(1) for a pty"
+        );
         return;
     }
     let demo = example("supervise_demo");
