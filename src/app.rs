@@ -302,6 +302,7 @@ async fn run_dev_server(args: DevServerArgs, verbose: u8) -> Result<i32, Error> 
         listen: args.listen,
         acl_token: args.acl_token,
         verbose,
+        test_faults: args.test_faults,
     })
     .await?;
     Ok(exit::SUCCESS)

@@ -4,6 +4,7 @@
 mod conformance;
 mod container;
 mod errors;
+mod faults;
 mod library;
 mod lock;
 mod support;
