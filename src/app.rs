@@ -41,12 +41,17 @@ fn run(args: Vec<OsString>) -> i32 {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp
                 | clap::error::ErrorKind::DisplayVersion
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => exit::SUCCESS,
-                _ => exit::INVALID_ARGUMENTS,
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    exit::SUCCESS
+                }
+                _ => {
+                    eprintln!("consullock: {}", one_line_usage_error(&e));
+                    exit::INVALID_ARGUMENTS
+                }
             };
         }
     };
@@ -76,6 +81,24 @@ fn run(args: Vec<OsString>) -> i32 {
         Ok(code) => code,
         Err(e) => report(&e),
     }
+}
+
+/// clap's error as one line, like every other error of consullock: scripts and log collectors
+/// read one line per failure. The usage block and tips are dropped (`--help` has them); a list
+/// of missing arguments is joined onto the line.
+fn one_line_usage_error(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let mut parts = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if line.is_empty() || line.starts_with("tip:") {
+            continue;
+        }
+        parts.push(line.strip_prefix("error: ").unwrap_or(line));
+    }
+    format!("invalid arguments: {} (see --help)", parts.join(" "))
 }
 
 fn print_bytes(bytes: &[u8]) -> Result<i32, Error> {
