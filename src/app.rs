@@ -306,7 +306,7 @@ async fn run_unlock(args: UnlockArgs) -> Result<i32, Error> {
     let client = client_from_env()?;
     if args.regex {
         let pattern = regex::Regex::new(&args.key)
-            .map_err(|e| Error::InvalidArguments(format!("invalid regular expression: {e}")))?;
+            .map_err(|e| Error::InvalidArguments(regex_error(&args.key, &e)))?;
         let released = lock::unlock_regex(&client, &pattern).await?;
         println!("{}", serde_json::Value::from(released));
     } else {
@@ -318,6 +318,25 @@ async fn run_unlock(args: UnlockArgs) -> Result<i32, Error> {
         }
     }
     Ok(exit::SUCCESS)
+}
+
+/// A regex error on one line: the regex crate's syntax errors span several lines (the pattern,
+/// a caret under the fault, then the reason), so name the reason and its offset instead.
+fn regex_error(pattern: &str, error: &regex::Error) -> String {
+    let detail = match regex_syntax::Parser::new().parse(pattern) {
+        Err(regex_syntax::Error::Parse(e)) => {
+            format!("{} at offset {}", e.kind(), e.span().start.offset)
+        }
+        Err(regex_syntax::Error::Translate(e)) => {
+            format!("{} at offset {}", e.kind(), e.span().start.offset)
+        }
+        _ => error
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    format!("invalid regular expression {pattern:?}: {detail}")
 }
 
 async fn run_dev_server(args: DevServerArgs, verbose: u8) -> Result<i32, Error> {
