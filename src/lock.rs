@@ -254,9 +254,10 @@ pub async fn acquire(
     }
 }
 
-/// Creates the session, retrying transient errors (a leader election, 429, a dropped
-/// connection) for up to [`WAIT_ERROR_BUDGET`] as the wait itself does, except with
-/// `non_blocking`, which makes one attempt.
+/// Creates the session, retrying what a live server answers during a leader election or under
+/// load (5xx, 429) for up to [`WAIT_ERROR_BUDGET`], as the wait itself does, except with
+/// `non_blocking`, which makes one attempt. An agent that cannot be reached at all on first
+/// contact is more likely a wrong address than a blip: that fails at once (exit 8).
 async fn create_session(
     client: &Client,
     key: &str,
@@ -269,7 +270,7 @@ async fn create_session(
     loop {
         match Session::create(client, settings.clone()).await {
             Ok(session) => return Ok(session),
-            Err(e) if e.is_transient() && !options.non_blocking => {
+            Err(e) if server_busy(&e) && !options.non_blocking => {
                 let since = *errors_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > WAIT_ERROR_BUDGET {
                     return Err(e.into());
@@ -285,6 +286,15 @@ async fn create_session(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// A transient answer from a server that is up: 5xx (no leader) or 429.
+fn server_busy(error: &ConsulError) -> bool {
+    match error {
+        ConsulError::RateLimited { .. } => true,
+        ConsulError::Server { status, .. } => *status >= 500,
+        _ => false,
     }
 }
 
