@@ -322,10 +322,8 @@ fn the_token_is_never_printed_on_any_path() {
     for answer in [
         b"garbage\r\n\r\n".to_vec(),
         FakeServer::http("200 OK", &["X-Consul-Index: 3"], b"not json"),
-        FakeServer::http("500 Internal Server Error", &[], TOKEN.as_bytes())
-            .into_iter()
-            .take(0)
-            .collect(),
+        // Closes without answering.
+        Vec::new(),
     ] {
         let fake = FakeServer::start(answer);
         let env = [("CONSUL_HTTP_ADDR", fake.addr())];
