@@ -64,17 +64,25 @@ pub struct LockArgs {
     /// Lock key, e.g. `jobs/backup` (must not contain `//` and must be normalised).
     pub key: String,
 
-    /// Session TTL in seconds: 10..=86400, or 0 for no TTL [default: lock 86400, execute 15].
+    /// Session TTL in seconds [default: lock 86400, execute 15]
+    ///
+    /// 10..=86400, or 0 for no TTL. `execute` renews its session every TTL/2; `lock` leaves it
+    /// to live its TTL, so the lock outlives the command that took it.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub session_ttl: Option<f64>,
 
-    /// Lock-delay in seconds (0..=60): after the session is invalidated, nobody can take the
-    /// lock for this long [default: lock 0, execute 15].
+    /// Lock-delay in seconds [default: lock 0, execute 15]
+    ///
+    /// 0..=60. After the session is invalidated (not after a clean release), nobody can take
+    /// the lock for this long: the time a holder that lost its lock has to stop.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub lock_delay: Option<f64>,
 
-    /// Create a TTL-only session with no node health check: a flapping node check cannot take
-    /// the lock away (safety over liveness).
+    /// TTL-only session: no node health check can take the lock away
+    ///
+    /// Consul binds sessions to the node's `serfHealth` check by default, which releases the
+    /// lock when the node is judged failed (liveness). A TTL-only session keeps the lock until
+    /// its TTL runs out (safety).
     #[arg(long)]
     pub ttl_only: bool,
 
@@ -104,8 +112,10 @@ pub struct LockArgs {
     #[arg(long, value_name = "EXE", num_args = 1.., action = clap::ArgAction::Append)]
     pub on_already_locked: Vec<OsString>,
 
-    /// Kept for consullock 4.2, which polled every I seconds. consullock waits with blocking
-    /// queries instead; I only caps the retry pause while a lock-delay keeps a free key locked.
+    /// Compatibility with consullock 4.2's poll interval (see --help)
+    ///
+    /// consullock 4.2 polled every I seconds. consullock waits with blocking queries instead;
+    /// I only caps the retry pause while a lock-delay keeps a free key locked.
     #[arg(
         short = 'i',
         value_name = "SECONDS",
@@ -142,8 +152,10 @@ pub struct ExecuteArgs {
     )]
     pub kill_grace: f64,
 
-    /// Exit code when the lock is not acquired (--non-blocking or --timeout); e.g. 0 so that a
-    /// skipped cron run is not a failure [default: 100, or 5 on timeout].
+    /// Exit code when the lock is not acquired [default: 100, or 5 on timeout]
+    ///
+    /// Used for --non-blocking and --timeout, like flock's -E: 0 makes a skipped cron run a
+    /// success.
     #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u8))]
     pub conflict_exit_code: Option<u8>,
 
@@ -155,8 +167,10 @@ pub struct ExecuteArgs {
     #[arg(long)]
     pub subreaper: bool,
 
-    /// The command: one string runs through `sh -c` (as in consullock 4.2); after `--`, or as
-    /// several arguments, the program runs directly with its arguments untouched.
+    /// The command: one string for `sh -c`, or `-- PROG ARGS...`
+    ///
+    /// One string runs through `sh -c` (as in consullock 4.2); after `--`, or as several
+    /// arguments, the program runs directly with its arguments untouched.
     #[arg(value_name = "COMMAND", required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<OsString>,
 }

@@ -23,6 +23,9 @@ use crate::session::{Liveness, LossReason, RETRY_INTERVAL, Session, SessionSetti
 /// Longest single blocking read while waiting for a lock; the server's own default.
 pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(300);
 
+/// Shortest blocking read while watching a held lock (tiny contact windows).
+pub const MIN_MONITOR_WAIT: Duration = Duration::from_millis(100);
+
 /// First pause when a free key refuses the lock (lock-delay in force); doubles each time.
 pub const LOCK_DELAY_BACKOFF_START: Duration = Duration::from_millis(25);
 
@@ -345,6 +348,7 @@ async fn attempt_loop(
             pid: Some(std::process::id()),
         };
         let value = info.to_value();
+        let attempt_sent_at = Instant::now();
         let attempt = async {
             if client
                 .kv_put(key, &value, PutMode::Acquire(session.id()), None)
@@ -382,6 +386,11 @@ async fn attempt_loop(
         };
         let read = match outcome {
             Ok(Some(entry)) if entry.session.as_deref() == Some(session.id()) => {
+                // Consul just confirmed the session (and now the lock): the contact window
+                // starts here, not at the last renew.
+                if let Some(liveness) = liveness {
+                    liveness.shared.confirm(attempt_sent_at);
+                }
                 tracing::info!(key, session = %session.id(), fencing_token = entry.modify_index, "lock acquired");
                 return Ok(Acquired {
                     info,
@@ -547,29 +556,24 @@ impl HeldLock {
         let liveness = self
             .liveness
             .get_or_insert_with(|| self.session.keep_alive());
-        if let Some(window) = window {
-            liveness.enforce_contact_window(window);
-            let monitor_wait = (window / 3).clamp(Duration::from_secs(1), MAX_BLOCKING_WAIT);
-            let task = tokio::spawn(monitor_loop(
-                self.session.client().clone(),
-                self.info.key.clone(),
-                self.session.id().to_owned(),
-                self.fencing_token,
-                monitor_wait,
-                liveness.shared.clone(),
-            ));
-            liveness.push_task(task);
-        } else {
-            let task = tokio::spawn(monitor_loop(
-                self.session.client().clone(),
-                self.info.key.clone(),
-                self.session.id().to_owned(),
-                self.fencing_token,
-                MAX_BLOCKING_WAIT,
-                liveness.shared.clone(),
-            ));
-            liveness.push_task(task);
-        }
+        // Each watch read that returns confirms the lock, so it must return well within the
+        // contact window, even with nothing changing.
+        let monitor_wait = match window {
+            Some(window) => {
+                liveness.enforce_contact_window(window);
+                (window / 3).clamp(MIN_MONITOR_WAIT, MAX_BLOCKING_WAIT)
+            }
+            None => MAX_BLOCKING_WAIT,
+        };
+        let task = tokio::spawn(monitor_loop(
+            self.session.client().clone(),
+            self.info.key.clone(),
+            self.session.id().to_owned(),
+            self.fencing_token,
+            monitor_wait,
+            liveness.shared.clone(),
+        ));
+        liveness.push_task(task);
     }
 
     /// A receiver of the loss, for code that waits on it elsewhere.

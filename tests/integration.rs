@@ -8,4 +8,5 @@ mod errors;
 mod faults;
 mod library;
 mod lock;
+mod safety;
 mod support;

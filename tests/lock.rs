@@ -529,3 +529,38 @@ fn a_waiting_lock_shows_its_holder_on_a_terminal_only() {
     }
     unlock(&consul, &[&key]);
 }
+
+#[test]
+fn a_free_key_under_lock_delay_is_retried_until_the_delay_ends() {
+    let consul = TestConsul::start();
+    let key = consul.unique_key("lockdelay");
+    let created = consul.put(
+        "/v1/session/create",
+        br#"{"LockDelay":"2s","Behavior":"delete","Name":"delayed"}"#,
+    );
+    let session = created.json()["ID"].as_str().unwrap().to_string();
+    assert_eq!(
+        consul
+            .put(&format!("/v1/kv/{key}?acquire={session}"), b"x")
+            .text()
+            .trim(),
+        "true"
+    );
+    // Invalidating the session deletes the key and puts a 2 s lock-delay on it.
+    consul.put(&format!("/v1/session/destroy/{session}"), b"");
+    let invalidated = Instant::now();
+    assert_eq!(entry(&consul, &key), None);
+
+    let output = lock(&consul, &["--timeout", "10", "-i", "0.2", &key]);
+    let waited = invalidated.elapsed();
+    assert_eq!(code(&output), 0, "{output:?}");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "acquired during the lock-delay ({waited:?})"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "kept retrying with a short pause ({waited:?})"
+    );
+    unlock(&consul, &[&key]);
+}
