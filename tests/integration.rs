@@ -10,3 +10,4 @@ mod library;
 mod lock;
 mod safety;
 mod support;
+mod torture;
