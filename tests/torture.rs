@@ -13,7 +13,9 @@
 //! that every contender held the lock at least once, and that at the end no session remains but
 //! those of killed supervisors, which expire within 2×TTL. It prints one summary line.
 //!
-//! It runs for 45 s of fault injection by default; `CONSULLOCK_SOAK_SECS` runs it longer.
+//! Fault kinds come in shuffled rounds with 2–5 s of calm between faults; after the injection
+//! phase, a calm phase of at most 30 s lets every contender have its turn.
+//! It runs for 40 s of fault injection by default; `CONSULLOCK_SOAK_SECS` runs it longer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -34,7 +36,9 @@ const KILL_GRACE_SECS: u64 = 1;
 /// Blackholes and pauses last longer than the TTL.
 const OUTAGE: Duration = Duration::from_secs(TTL_SECS + 1);
 /// Default length of the fault-injection phase.
-const DEFAULT_SECS: u64 = 45;
+const DEFAULT_SECS: u64 = 40;
+/// Longest calm phase after it, in which every contender must get the lock.
+const CALM_PHASE: Duration = Duration::from_secs(30);
 
 fn monotonic_ns() -> u128 {
     let mut now = libc::timespec {
@@ -84,6 +88,8 @@ struct Shared {
     stop: AtomicBool,
     /// run id → monotonic ns when the test saw that run's supervisor end (or killed it).
     ended: Mutex<HashMap<u64, u128>>,
+    /// run id → monotonic ns just before that run's supervisor was spawned.
+    spawned: Mutex<HashMap<u64, u128>>,
     /// Supervisors currently running: pid → run id.
     running: Mutex<HashMap<u32, u64>>,
     /// Pids killed with SIGKILL.
@@ -104,6 +110,11 @@ fn contender(
     while !shared.stop.load(Ordering::Relaxed) {
         n += 1;
         let run_id = index * 1_000_000 + n;
+        shared
+            .spawned
+            .lock()
+            .unwrap()
+            .insert(run_id, monotonic_ns());
         let mut child: Child = consul
             .command()
             .args([
@@ -149,6 +160,17 @@ fn session_pid(session: &serde_json::Value) -> Option<u32> {
     let name = session["Name"].as_str()?;
     let start = name.rfind("(pid ")? + 5;
     name[start..].trim_end_matches(')').parse().ok()
+}
+
+/// The contenders that have started a critical section so far.
+fn held_by(log: &std::path::Path) -> std::collections::HashSet<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.strip_prefix("S "))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|run| run / 1_000_000)
+        .collect()
 }
 
 struct Interval {
@@ -203,12 +225,23 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
     let mut rng = Rng(seed);
     let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
     let mut last_kill: Option<Instant> = None;
+    let mut last_outage: Option<Instant> = None;
     let server_pid = consul.pid().expect("a private dev server") as i32;
     let started = Instant::now();
+    // Kinds come in shuffled rounds, so even a short run injects each of them.
+    let mut round: Vec<u64> = Vec::new();
     while started.elapsed() < Duration::from_secs(soak) {
-        std::thread::sleep(Duration::from_millis(1_000 + rng.below(2_000)));
+        // Calm between faults, so handoffs happen and contenders make progress.
+        std::thread::sleep(Duration::from_millis(2_000 + rng.below(3_000)));
+        if round.is_empty() {
+            round = vec![0, 1, 2, 3];
+            for i in (1..round.len()).rev() {
+                round.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+        }
+        let kind = round.pop().unwrap_or(0);
         let holder = consul.holder(&key);
-        match rng.below(4) {
+        match kind {
             0 => {
                 // At most one kill per 2×TTL + lock-delay, so the lock is not orphaned all the
                 // time and contenders make progress.
@@ -244,6 +277,7 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
                 consul.faults(json!({"delay_ms": OUTAGE.as_millis() as u64}));
                 std::thread::sleep(OUTAGE);
                 consul.faults(json!({"delay_ms": 0}));
+                last_outage = Some(Instant::now());
                 *faults.entry("blackhole").or_default() += 1;
             }
             _ => {
@@ -252,9 +286,16 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
                 std::thread::sleep(OUTAGE);
                 // SAFETY: as above.
                 unsafe { libc::kill(server_pid, libc::SIGCONT) };
+                last_outage = Some(Instant::now());
                 *faults.entry("pause").or_default() += 1;
             }
         }
+    }
+    // A calm phase, bounded, so that every contender gets its turn after the last fault.
+    let injection = started.elapsed();
+    let calm_until = Instant::now() + CALM_PHASE;
+    while Instant::now() < calm_until && held_by(&log).len() < contenders as usize {
+        std::thread::sleep(Duration::from_millis(200));
     }
     shared.stop.store(true, Ordering::Relaxed);
     for thread in threads {
@@ -264,22 +305,30 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
     // Critical sections from the log; a section without an end line ended at the latest when
     // the test saw its supervisor end (or killed it).
     let text = std::fs::read_to_string(&log).unwrap();
+    let spawned = shared.spawned.lock().unwrap().clone();
     let _ = std::fs::remove_file(&log);
     let mut starts: HashMap<u64, u128> = HashMap::new();
     let mut ends: HashMap<u64, u128> = HashMap::new();
     for line in text.lines() {
+        // A line without a time: the group was being killed while the helper ran. Fall back
+        // to bounds the test saw itself: the spawn (an earlier start) or the supervisor's end.
         let parts: Vec<&str> = line.split_whitespace().collect();
-        let [kind, run, t] = parts[..] else {
-            panic!("bad log line {line:?}")
+        let (kind, run, t) = match parts[..] {
+            [kind, run, t] => (kind, run.parse::<u64>().unwrap(), t.parse::<u128>().ok()),
+            [kind, run] => (kind, run.parse::<u64>().unwrap(), None),
+            _ => panic!("bad log line {line:?}"),
         };
-        let (run, t): (u64, u128) = (run.parse().unwrap(), t.parse().unwrap());
-        match kind {
-            "S" => {
+        match (kind, t) {
+            ("S", Some(t)) => {
                 starts.insert(run, t);
             }
-            _ => {
+            ("S", None) => {
+                starts.insert(run, spawned[&run]);
+            }
+            (_, Some(t)) => {
                 ends.entry(run).or_insert(t);
             }
+            (_, None) => {}
         }
     }
     let ended = shared.ended.lock().unwrap().clone();
@@ -313,14 +362,25 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
         intervals.iter().map(|i| i.run / 1_000_000).collect();
 
     // Sessions left: only killed supervisors', and those expire within 2×TTL of the kill.
+    // A supervisor that ends during an outage cannot destroy its session, and a create sent
+    // to a paused server may be served after the client gave up: those are stranded until
+    // their TTL too, so they are allowed only after an outage, and must expire the same way.
     let killed = shared.killed.lock().unwrap().clone();
+    let mut stranded = 0;
     for session in consul.sessions() {
-        let pid = session_pid(&session);
+        if session_pid(&session).is_some_and(|p| killed.contains(&p)) {
+            continue;
+        }
         assert!(
-            pid.is_some_and(|p| killed.contains(&p)),
+            last_outage.is_some(),
             "a session of a supervisor that was not killed remains: {session}"
         );
+        stranded += 1;
     }
+    let last_kill = match (last_kill, last_outage) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
     let expiry_deadline = last_kill
         .map(|t| {
             (t + Duration::from_secs(2 * TTL_SECS + 2)).saturating_duration_since(Instant::now())
@@ -341,11 +401,12 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
         .map(|(k, v)| format!("{k}:{v}"))
         .collect();
     let summary = format!(
-        "torture: {} runs ({} held the lock) by {contenders} contenders in {:.0?}, seed {seed}; \
-         faults {}; exits {}; overlaps {}; longest handoff {:.1?}",
+        "torture: {} runs ({} held the lock) by {contenders} contenders in {:.0?} ({:.0?} of faults), seed {seed}; \
+         faults {}; exits {}; sessions stranded by outages {stranded}; overlaps {}; longest handoff {:.1?}",
         shared.runs.load(Ordering::Relaxed),
         intervals.len(),
         started.elapsed(),
+        injection,
         if faults_text.is_empty() {
             "none".to_string()
         } else {
