@@ -41,12 +41,17 @@ fn run(args: Vec<OsString>) -> i32 {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp
                 | clap::error::ErrorKind::DisplayVersion
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => exit::SUCCESS,
-                _ => exit::INVALID_ARGUMENTS,
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    exit::SUCCESS
+                }
+                _ => {
+                    eprintln!("consullock: {}", one_line_usage_error(&e));
+                    exit::INVALID_ARGUMENTS
+                }
             };
         }
     };
@@ -76,6 +81,24 @@ fn run(args: Vec<OsString>) -> i32 {
         Ok(code) => code,
         Err(e) => report(&e),
     }
+}
+
+/// clap's error as one line, like every other error of consullock: scripts and log collectors
+/// read one line per failure. The usage block and tips are dropped (`--help` has them); a list
+/// of missing arguments is joined onto the line.
+fn one_line_usage_error(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let mut parts = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if line.is_empty() || line.starts_with("tip:") {
+            continue;
+        }
+        parts.push(line.strip_prefix("error: ").unwrap_or(line));
+    }
+    format!("invalid arguments: {} (see --help)", parts.join(" "))
 }
 
 fn print_bytes(bytes: &[u8]) -> Result<i32, Error> {
@@ -283,7 +306,7 @@ async fn run_unlock(args: UnlockArgs) -> Result<i32, Error> {
     let client = client_from_env()?;
     if args.regex {
         let pattern = regex::Regex::new(&args.key)
-            .map_err(|e| Error::InvalidArguments(format!("invalid regular expression: {e}")))?;
+            .map_err(|e| Error::InvalidArguments(regex_error(&args.key, &e)))?;
         let released = lock::unlock_regex(&client, &pattern).await?;
         println!("{}", serde_json::Value::from(released));
     } else {
@@ -297,11 +320,31 @@ async fn run_unlock(args: UnlockArgs) -> Result<i32, Error> {
     Ok(exit::SUCCESS)
 }
 
+/// A regex error on one line: the regex crate's syntax errors span several lines (the pattern,
+/// a caret under the fault, then the reason), so name the reason and its offset instead.
+fn regex_error(pattern: &str, error: &regex::Error) -> String {
+    let detail = match regex_syntax::Parser::new().parse(pattern) {
+        Err(regex_syntax::Error::Parse(e)) => {
+            format!("{} at offset {}", e.kind(), e.span().start.offset)
+        }
+        Err(regex_syntax::Error::Translate(e)) => {
+            format!("{} at offset {}", e.kind(), e.span().start.offset)
+        }
+        _ => error
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    format!("invalid regular expression {pattern:?}: {detail}")
+}
+
 async fn run_dev_server(args: DevServerArgs, verbose: u8) -> Result<i32, Error> {
     crate::devserver::run(crate::devserver::Options {
         listen: args.listen,
         acl_token: args.acl_token,
         verbose,
+        test_faults: args.test_faults,
     })
     .await?;
     Ok(exit::SUCCESS)

@@ -185,6 +185,10 @@ pub struct DevServerArgs {
     /// Require this ACL token on every request (403 `Permission denied` without it).
     #[arg(long, value_name = "TOKEN")]
     pub acl_token: Option<String>,
+
+    /// Test-only: serve `/_devserver/faults` to inject HTTP faults (see `devserver::faults`).
+    #[arg(long, hide = true)]
+    pub test_faults: bool,
 }
 
 /// The man page: the program's page, then each subcommand's synopsis, description and

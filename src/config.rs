@@ -262,9 +262,11 @@ impl ConsulConfig {
             })?;
             let token = contents.trim();
             if !token.is_empty() {
+                check_header_value("CONSUL_HTTP_TOKEN_FILE", token)?;
                 config.token = Some(Secret::new(token));
             }
         } else if let Some(token) = get("CONSUL_HTTP_TOKEN")? {
+            check_header_value("CONSUL_HTTP_TOKEN", token.trim())?;
             config.token = Some(Secret::new(token.trim()));
         }
         if let Some(auth) = get("CONSUL_HTTP_AUTH")? {
@@ -293,6 +295,23 @@ impl ConsulConfig {
             Endpoint::Unix(path) => format!("unix://{}", path.display()),
         }
     }
+}
+
+/// A token travels in the `X-Consul-Token` header: a control character or non-ASCII text cannot,
+/// and would otherwise surface as an opaque HTTP "builder error" on every request. The message
+/// never shows the value.
+fn check_header_value(variable: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        variable,
+        "the token contains a control character or non-ASCII text, which cannot be sent in an \
+         HTTP header (value not shown)",
+    ))
 }
 
 /// Parses a boolean the way Go's `strconv.ParseBool` does.

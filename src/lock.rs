@@ -201,9 +201,14 @@ pub async fn acquire(
         .timeout
         .filter(|t| !t.is_zero())
         .map(|t| started + t);
-    let mut session = Session::create(client, settings.clone()).await?;
-    let mut liveness = options.keep_alive.then(|| session.keep_alive());
     tokio::pin!(cancel);
+    let create = || create_session(client, key, settings, options, started, deadline);
+    let mut session = tokio::select! {
+        biased;
+        () = &mut cancel => return Err(AcquireError::Cancelled { key: key.to_owned() }),
+        session = create() => session?,
+    };
+    let mut liveness = options.keep_alive.then(|| session.keep_alive());
     loop {
         let attempt = attempt_loop(
             client,
@@ -236,7 +241,11 @@ pub async fn acquire(
                 tracing::info!(session = %session.id(), "session lost while waiting; creating a new one");
                 drop(liveness.take());
                 let _ = session.destroy().await;
-                session = Session::create(client, settings.clone()).await?;
+                session = tokio::select! {
+                    biased;
+                    () = &mut cancel => return Err(AcquireError::Cancelled { key: key.to_owned() }),
+                    session = create() => session?,
+                };
                 liveness = options.keep_alive.then(|| session.keep_alive());
             }
             Err(e) => {
@@ -245,6 +254,50 @@ pub async fn acquire(
                 return Err(e);
             }
         }
+    }
+}
+
+/// Creates the session, retrying what a live server answers during a leader election or under
+/// load (5xx, 429) for up to [`WAIT_ERROR_BUDGET`], as the wait itself does, except with
+/// `non_blocking`, which makes one attempt. An agent that cannot be reached at all on first
+/// contact is more likely a wrong address than a blip: that fails at once (exit 8).
+async fn create_session(
+    client: &Client,
+    key: &str,
+    settings: &SessionSettings,
+    options: &AcquireOptions,
+    started: Instant,
+    deadline: Option<Instant>,
+) -> Result<Session, AcquireError> {
+    let mut errors_since: Option<Instant> = None;
+    loop {
+        match Session::create(client, settings.clone()).await {
+            Ok(session) => return Ok(session),
+            Err(e) if server_busy(&e) && !options.non_blocking => {
+                let since = *errors_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > WAIT_ERROR_BUDGET {
+                    return Err(e.into());
+                }
+                tracing::warn!("consul error while creating a session, retrying: {e}");
+                sleep_until_or_deadline(Instant::now() + RETRY_INTERVAL, deadline).await;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(AcquireError::TimedOut {
+                        key: key.to_owned(),
+                        waited: started.elapsed(),
+                    });
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A transient answer from a server that is up: 5xx (no leader) or 429.
+fn server_busy(error: &ConsulError) -> bool {
+    match error {
+        ConsulError::RateLimited { .. } => true,
+        ConsulError::Server { status, .. } => *status >= 500,
+        _ => false,
     }
 }
 

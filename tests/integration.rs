@@ -1,11 +1,14 @@
 //! Integration tests: they drive the real `consullock` binary (and the library) against a Consul
 //! address: a private dev server per test, or the Consul named by `CONSULLOCK_TEST_CONSUL_ADDR`.
 
+mod bad_input;
 mod conformance;
 mod container;
 mod errors;
 mod execute;
+mod faults;
 mod library;
 mod lock;
 mod safety;
 mod support;
+mod torture;

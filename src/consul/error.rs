@@ -111,9 +111,9 @@ impl ConsulError {
     /// leader election answers 500 `No cluster leader` for a few seconds).
     pub fn is_transient(&self) -> bool {
         match self {
-            ConsulError::Unreachable { .. }
-            | ConsulError::TimedOut { .. }
-            | ConsulError::RateLimited { .. } => true,
+            // A request that could not even be built will not build next time either.
+            ConsulError::Unreachable { source, .. } => !source.is_builder(),
+            ConsulError::TimedOut { .. } | ConsulError::RateLimited { .. } => true,
             ConsulError::Server { status, .. } => *status >= 500,
             // Garbage from the server is not something waiting fixes: report it.
             ConsulError::InvalidResponse { .. }

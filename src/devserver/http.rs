@@ -4,8 +4,8 @@
 //!
 //! Checks run in Consul's order: query options first (400s), then per-endpoint validation done
 //! by Consul's agent (400s, 413), then, where Consul would make its RPC, the datacenter and the
-//! ACL token, then the state machine. Test-only faults (a leaderless period, 429s, slow answers)
-//! belong in [`handle`], before routing.
+//! ACL token, then the state machine. Test-only faults (see [`faults`]) are applied in [`handle`],
+//! before routing, and never reach the store.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::{Shared, duration, kv, session};
+use super::{Shared, duration, faults, kv, session};
 
 /// Response body type of every answer.
 pub(crate) type Body = Full<Bytes>;
@@ -490,22 +490,29 @@ pub(crate) async fn handle(
     if !path.starts_with("/_devserver/") {
         shared.requests.fetch_add(1, Ordering::Relaxed);
     }
-    let mut response = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(collected) => {
-            let call = Call {
-                method: parts.method.clone(),
+    let mut response = match test_fault(&shared, &path).await {
+        Some(faulted) => faulted,
+        None => {
+            answer(
+                &shared,
+                parts.method.clone(),
                 path,
-                query: Query::parse(parts.uri.query().unwrap_or("")),
-                headers: parts.headers,
-                body: collected.to_bytes(),
-            };
-            route(&shared, &call).await.unwrap_or_else(failure)
+                &parts.uri,
+                parts.headers,
+                body,
+            )
+            .await
         }
-        Err(e) => failure(Failure::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Request body could not be read: {e}"),
-        )),
     };
+    if let Some(faults) = &shared.faults
+        && response.status().is_success()
+        && response.headers().contains_key("x-consul-index")
+        && faults.take_backwards_index()
+    {
+        response
+            .headers_mut()
+            .insert("x-consul-index", HeaderValue::from(faults::BACKWARDS_INDEX));
+    }
     let policy = if shared.acl_token.is_some() {
         "deny"
     } else {
@@ -524,6 +531,47 @@ pub(crate) async fn handle(
         );
     }
     Ok(response)
+}
+
+/// Reads the body and routes the request.
+async fn answer(
+    shared: &Arc<Shared>,
+    method: Method,
+    path: String,
+    uri: &hyper::Uri,
+    headers: HeaderMap,
+    body: Incoming,
+) -> Response<Body> {
+    match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(collected) => {
+            let call = Call {
+                method,
+                path,
+                query: Query::parse(uri.query().unwrap_or("")),
+                headers,
+                body: collected.to_bytes(),
+            };
+            route(shared, &call).await.unwrap_or_else(failure)
+        }
+        Err(e) => failure(Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body could not be read: {e}"),
+        )),
+    }
+}
+
+/// The test-only fault that replaces this request's answer, after the injected delay (see
+/// [`faults`]). `/_devserver/*` is never faulted, so tests can always turn faults off.
+async fn test_fault(shared: &Shared, path: &str) -> Option<Response<Body>> {
+    let faults = shared.faults.as_ref()?;
+    if path.starts_with("/_devserver/") {
+        return None;
+    }
+    if let Some(delay) = faults.delay() {
+        tokio::time::sleep(delay).await;
+    }
+    let (status, message) = faults.failure(Instant::now())?;
+    Some(failure(Failure::new(status, message)))
 }
 
 /// Accepts only `allowed`, else 405 with Consul's text.
@@ -569,8 +617,26 @@ async fn route(shared: &Arc<Shared>, call: &Call) -> Outcome {
                 "keys": keys,
             })))
         }
+        "/_devserver/faults" if shared.faults.is_some() => fault_control(shared, call),
         _ => Err(Failure::new(StatusCode::NOT_FOUND, "404 page not found")),
     }
+}
+
+/// `/_devserver/faults`: GET reports, PUT sets, DELETE clears (see [`faults`]).
+fn fault_control(shared: &Shared, call: &Call) -> Outcome {
+    require_method(call, &[Method::GET, Method::PUT, Method::DELETE])?;
+    let Some(faults) = &shared.faults else {
+        return Err(Failure::new(StatusCode::NOT_FOUND, "404 page not found"));
+    };
+    let now = Instant::now();
+    if call.method == Method::PUT {
+        let request: faults::Request = serde_json::from_slice(&call.body)
+            .map_err(|e| Failure::bad_request(format!("Invalid fault request: {e}")))?;
+        faults.set(&request, now);
+    } else if call.method == Method::DELETE {
+        faults.clear();
+    }
+    Ok(json(&faults.report(now)))
 }
 
 /// A minimal `/v1/agent/self`: what clients read from it (node name, datacenter, member).

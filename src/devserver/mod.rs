@@ -11,9 +11,11 @@
 //!
 //! Layout: [`state`] is the store (pure, clock passed in), [`duration`] reproduces Go durations,
 //! `http` routes and validates requests, `kv` and `session` are the endpoints. This module binds
-//! the listener, runs the TTL timer task and stops on SIGINT/SIGTERM.
+//! the listener, runs the TTL timer task and stops on SIGINT/SIGTERM. [`faults`] holds the
+//! test-only HTTP faults (hidden `--test-faults` option, control endpoint `/_devserver/faults`).
 
 mod duration;
+pub mod faults;
 mod http;
 mod kv;
 mod session;
@@ -45,6 +47,9 @@ pub struct Options {
     pub acl_token: Option<String>,
     /// Log every request to stderr (`-v`).
     pub verbose: u8,
+    /// Serve the test-only fault control endpoint `/_devserver/faults` (see [`faults`]); when
+    /// false it answers 404 and no fault can be injected.
+    pub test_faults: bool,
 }
 
 impl Default for Options {
@@ -54,6 +59,7 @@ impl Default for Options {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             acl_token: None,
             verbose: 0,
+            test_faults: false,
         }
     }
 }
@@ -72,6 +78,8 @@ pub(crate) struct Shared {
     pub(crate) node: String,
     /// HTTP requests served, excluding `/_devserver/*`.
     pub(crate) requests: AtomicU64,
+    /// Test-only faults, when enabled.
+    pub(crate) faults: Option<faults::Faults>,
 }
 
 impl Shared {
@@ -86,6 +94,7 @@ impl Shared {
             verbose: options.verbose > 0,
             node,
             requests: AtomicU64::new(0),
+            faults: options.test_faults.then(faults::Faults::default),
         }
     }
 

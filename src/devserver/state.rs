@@ -12,7 +12,7 @@
 //! them. A write that would change nothing (Consul's equality shortcut) takes no index, so
 //! watchers are not woken for it.
 //!
-//! Test-only faults (a leaderless period, 429s, an index going backwards) are meant to sit in
+//! Test-only faults (a leaderless period, 429s, an index going backwards; see `faults`) sit in
 //! the HTTP layer in front of this store; the store itself stays a faithful model.
 
 use std::collections::{BTreeMap, HashMap};

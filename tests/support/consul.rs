@@ -219,6 +219,41 @@ impl TestConsul {
         }
     }
 
+    /// Sets test-only faults on a dev server started with `--test-faults` (`PUT
+    /// /_devserver/faults`, e.g. `{"no_leader_ms": 2000}`); returns the fault report.
+    pub(crate) fn faults(&self, settings: serde_json::Value) -> serde_json::Value {
+        let response = self.put("/_devserver/faults", settings.to_string().as_bytes());
+        assert_eq!(response.status, 200, "setting faults: {}", response.text());
+        response.json()
+    }
+
+    /// Clears every fault; returns the report (with the `injected` counters).
+    pub(crate) fn clear_faults(&self) -> serde_json::Value {
+        let response = self.delete("/_devserver/faults");
+        assert_eq!(response.status, 200, "clearing faults: {}", response.text());
+        response.json()
+    }
+
+    /// Invalidates a session as an operator would: `PUT /v1/session/destroy/:id`.
+    pub(crate) fn destroy_session(&self, id: &str) {
+        let response = self.put(&format!("/v1/session/destroy/{id}"), b"");
+        assert_eq!(response.status, 200, "destroy {id}: {}", response.text());
+    }
+
+    /// The session holding `key`, if any.
+    pub(crate) fn holder(&self, key: &str) -> Option<String> {
+        let response = self.get(&format!("/v1/kv/{key}"));
+        if response.status != 200 {
+            return None;
+        }
+        response.json()[0]["Session"].as_str().map(str::to_string)
+    }
+
+    /// The dev server's process id (None for an external Consul), for SIGSTOP/SIGCONT.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The agent's node name, from `/v1/agent/self`.
     pub(crate) fn node_name(&self) -> String {
         let agent = self.get("/v1/agent/self").json();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod consul;
+pub(crate) mod fake;
 pub(crate) mod http;
 pub(crate) mod proxy;
 
