@@ -416,7 +416,7 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
         overlaps.len(),
         Duration::from_nanos(longest_handoff as u64),
     );
-    println!("{summary}");
+    crate::support::report(&summary);
     let _ = std::io::stdout().flush();
     assert!(overlaps.is_empty(), "{summary}\n{}", overlaps.join("\n"));
     let missing: Vec<u64> = (1..=contenders).filter(|c| !holders.contains(c)).collect();

@@ -12,9 +12,14 @@ pub(crate) use consul::{TestConsul, wait_until};
 #[allow(unused_imports)]
 pub(crate) use http::Response;
 
-/// Says, past the test harness's output capture, that a test skipped something and why: a skip
-/// must be seen in a passing run, not only in a failing one.
-pub(crate) fn skip(test: &str, reason: &str) {
+/// Prints a line past the test harness's output capture: skips and summaries must be seen in a
+/// passing run, not only in a failing one.
+pub(crate) fn report(line: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Says that a test skipped something, and why.
+pub(crate) fn skip(test: &str, reason: &str) {
+    report(&format!("SKIP {test}: {reason}"));
 }
