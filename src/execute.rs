@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::exit;
 use crate::key::validate_key;
 use crate::lock::{self, AcquireOptions, HeldLock};
-use crate::session::{LossReason, SessionSettings, contact_window, wait_lost};
+use crate::session::{ContactWindow, LossReason, SessionSettings, contact_window, wait_lost};
 use crate::supervisor::{self, ChildCommand, Outcome, Signal, Signals, SupervisorOptions};
 
 /// Session TTL of `execute` when `--session-ttl` is not given (renewed every TTL/2).
@@ -47,7 +47,7 @@ pub struct ExecuteSettings {
 impl ExecuteSettings {
     /// The contact window these settings give, or why they are unsafe (see
     /// [`contact_window`]).
-    pub fn contact_window(&self) -> Result<Option<Duration>, Error> {
+    pub fn contact_window(&self) -> Result<ContactWindow, Error> {
         contact_window(&self.session, self.kill_grace).map_err(Error::InvalidArguments)
     }
 }

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::consul::{Client, ConsulError, KvEntry, PutMode, QueryOptions};
-use crate::session::{Liveness, LossReason, RETRY_INTERVAL, Session, SessionSettings};
+use crate::session::{
+    ContactWindow, Liveness, LossReason, RETRY_INTERVAL, Session, SessionSettings,
+};
 
 /// Longest single blocking read while waiting for a lock; the server's own default.
 pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(300);
@@ -552,19 +554,18 @@ impl HeldLock {
 
     /// Starts watching the lock: consistent blocking reads of the key, plus the contact-window
     /// watchdog when `window` is given. Loss is then reported by [`HeldLock::lost`].
-    pub fn watch(&mut self, window: Option<Duration>) {
+    pub fn watch(&mut self, window: ContactWindow) {
         let liveness = self
             .liveness
             .get_or_insert_with(|| self.session.keep_alive());
+        if !window.is_unbounded() {
+            liveness.enforce_contact_window(window);
+        }
         // Each watch read that returns confirms the lock, so it must return well within the
         // contact window, even with nothing changing.
-        let monitor_wait = match window {
-            Some(window) => {
-                liveness.enforce_contact_window(window);
-                (window / 3).clamp(MIN_MONITOR_WAIT, MAX_BLOCKING_WAIT)
-            }
-            None => MAX_BLOCKING_WAIT,
-        };
+        let monitor_wait = window.shortest().map_or(MAX_BLOCKING_WAIT, |w| {
+            (w / 3).clamp(MIN_MONITOR_WAIT, MAX_BLOCKING_WAIT)
+        });
         let task = tokio::spawn(monitor_loop(
             self.session.client().clone(),
             self.info.key.clone(),

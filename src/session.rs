@@ -6,10 +6,12 @@ safety: a session can vanish (TTL expiry, a failed node check, an operator's des
 owner still believes it holds the lock. This module therefore reports loss *pessimistically*:
 
 - a renew that answers 404 means the session is gone, now;
-- otherwise, every successful renew (and every read that shows the lock still ours) *confirms*
-  the session as of the moment that request was **sent**; when no confirmation arrives for the
-  [contact window](contact_window), the session counts as lost, because past that point another
-  holder could be granted the lock before our child could be stopped.
+- otherwise, a successful renew restarts the session's TTL, and a renew or a read that shows
+  the lock still ours *confirms* the session; both count from the moment the request was
+  **sent**. When either has been missing for too long (see [`contact_window`]), the session
+  counts as lost, because past that point another holder could be granted the lock before our
+  child could be stopped. The two are kept apart because only a renew pushes the TTL back: reads
+  that keep succeeding while renewals fail must not keep a TTL-only session alive.
 
 Loss is published on a [`tokio::sync::watch`] channel, so any number of tasks can wait on it.
 */
@@ -68,8 +70,8 @@ pub enum LossReason {
         /// The session holding the key now, if any.
         holder: Option<String>,
     },
-    /// Consul could not confirm the session for longer than the contact window.
-    #[error("consul could not confirm the lock for {silent_for:?} (limit {window:?})")]
+    /// Consul did not renew or confirm the session for longer than the contact window.
+    #[error("consul could not renew or confirm the lock for {silent_for:?} (limit {window:?})")]
     NoContact {
         /// How long since the last confirmation was sent.
         silent_for: Duration,
@@ -78,41 +80,69 @@ pub enum LossReason {
     },
 }
 
-/// The longest time the owner of a session may go without confirmation before it must assume
-/// the lock lost, so that a child stopped then (SIGTERM, `kill_grace`, SIGKILL) is dead before
-/// anyone else can be granted the lock. `None` when nothing bounds it (no TTL, and no node check
-/// with a lock-delay).
-///
-/// Another holder can be granted the lock at the earliest:
-/// - TTL bound: last confirmation + TTL (Consul's documented lower bound for expiry; its servers
-///   wait 2×TTL) + the lock-delay that expiry sets;
-/// - check bound (sessions with node checks): a node check may invalidate the session at any
-///   moment after the last confirmation, then the lock-delay alone protects.
-///
-/// Returns an error when `kill_grace` + [`SAFETY_MARGIN`] does not fit in the bound.
+/// How long the owner of a session may go without news before it must assume the lock lost,
+/// so that a child stopped then (SIGTERM, `kill_grace`, SIGKILL) is dead before anyone else can
+/// be granted the lock. Each bound is `None` when nothing limits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContactWindow {
+    /// Limit on the time since the last successful renew (or the creation): the session cannot
+    /// expire before TTL after it (Consul's documented lower bound; its servers wait 2×TTL), and
+    /// expiry then sets the lock-delay.
+    pub since_renew: Option<Duration>,
+    /// Limit on the time since the last confirmation of any kind (renew, acquisition, or a
+    /// consistent read showing the lock still ours), for sessions with node checks: a check may
+    /// invalidate the session at any moment after it, and then only the lock-delay protects.
+    pub since_confirmation: Option<Duration>,
+}
+
+impl ContactWindow {
+    /// The shorter of the two bounds.
+    pub fn shortest(&self) -> Option<Duration> {
+        match (self.since_renew, self.since_confirmation) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether nothing bounds it (no TTL, and no node check with a lock-delay).
+    pub fn is_unbounded(&self) -> bool {
+        self.shortest().is_none()
+    }
+}
+
+/// The [`ContactWindow`] of a session with `settings` whose holder needs `kill_grace` to stop
+/// its child, keeping [`SAFETY_MARGIN`] in hand. Returns an error when the grace and the margin
+/// do not fit in a bound.
 pub fn contact_window(
     settings: &SessionSettings,
     kill_grace: Duration,
-) -> Result<Option<Duration>, String> {
+) -> Result<ContactWindow, String> {
     let lock_delay = settings.lock_delay.min(MAX_LOCK_DELAY);
-    let ttl_bound = settings.ttl.map(|ttl| ttl + lock_delay);
-    let check_bound = (!settings.ttl_only && !lock_delay.is_zero()).then_some(lock_delay);
-    let bound = match (ttl_bound, check_bound) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => match a.or(b) {
-            Some(bound) => bound,
-            None => return Ok(None),
-        },
-    };
     let needed = kill_grace + SAFETY_MARGIN;
-    if bound <= needed {
-        return Err(format!(
-            "kill grace {kill_grace:?} plus a {SAFETY_MARGIN:?} margin does not fit before another \
-             holder could get the lock ({bound:?} after the last confirmation): lower --kill-grace \
-             or raise --session-ttl / --lock-delay"
-        ));
-    }
-    Ok(Some(bound - needed))
+    let fit = |bound: Duration| {
+        if bound <= needed {
+            Err(format!(
+                "kill grace {kill_grace:?} plus a {SAFETY_MARGIN:?} margin does not fit before \
+                 another holder could get the lock ({bound:?} after the last news from consul): \
+                 lower --kill-grace or raise --session-ttl / --lock-delay"
+            ))
+        } else {
+            Ok(bound - needed)
+        }
+    };
+    let since_renew = match settings.ttl.filter(|t| !t.is_zero()) {
+        Some(ttl) => Some(fit(ttl + lock_delay)?),
+        None => None,
+    };
+    let since_confirmation = if !settings.ttl_only && !lock_delay.is_zero() {
+        Some(fit(lock_delay)?)
+    } else {
+        None
+    };
+    Ok(ContactWindow {
+        since_renew,
+        since_confirmation,
+    })
 }
 
 /// A live Consul session. Destroy it with [`Session::destroy`]; dropping it does not.
@@ -196,28 +226,40 @@ impl Session {
 /// Shared between the tasks that watch one session.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    last_confirmed: Mutex<Instant>,
+    /// (last renew or creation, last confirmation of any kind), as request send times.
+    news: Mutex<(Instant, Instant)>,
     lost: watch::Sender<Option<LossReason>>,
 }
 
 impl Shared {
+    fn news(&self) -> std::sync::MutexGuard<'_, (Instant, Instant)> {
+        self.news.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records that the session (and lock) were known good when a request sent at `sent_at`
     /// succeeded.
     pub(crate) fn confirm(&self, sent_at: Instant) {
-        let mut last = self
-            .last_confirmed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if sent_at > *last {
-            *last = sent_at;
-        }
+        let mut news = self.news();
+        news.1 = news.1.max(sent_at);
     }
 
-    fn last_confirmed(&self) -> Instant {
-        *self
-            .last_confirmed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    /// Records a successful renew sent at `sent_at`: the TTL starts again, and the session is
+    /// confirmed.
+    pub(crate) fn renewed(&self, sent_at: Instant) {
+        let mut news = self.news();
+        news.0 = news.0.max(sent_at);
+        news.1 = news.1.max(sent_at);
+    }
+
+    /// When `window` runs out, given the news so far.
+    fn deadline(&self, window: &ContactWindow) -> Option<Instant> {
+        let (renewed, confirmed) = *self.news();
+        let by_renew = window.since_renew.map(|w| renewed + w);
+        let by_confirmation = window.since_confirmation.map(|w| confirmed + w);
+        match (by_renew, by_confirmation) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Publishes a loss; the first reason wins.
@@ -250,7 +292,7 @@ impl Liveness {
         let (lost, _) = watch::channel(None);
         Liveness {
             shared: Arc::new(Shared {
-                last_confirmed: Mutex::new(confirmed_at),
+                news: Mutex::new((confirmed_at, confirmed_at)),
                 lost,
             }),
             tasks: Mutex::new(Vec::new()),
@@ -264,8 +306,8 @@ impl Liveness {
             .push(task);
     }
 
-    /// Declares the lock lost once no confirmation has arrived for `window`.
-    pub fn enforce_contact_window(&self, window: Duration) {
+    /// Declares the lock lost once `window` runs out without news.
+    pub fn enforce_contact_window(&self, window: ContactWindow) {
         let task = tokio::spawn(watchdog(self.shared.clone(), window));
         self.push_task(task);
     }
@@ -329,7 +371,7 @@ async fn renew_loop(client: Client, id: String, ttl: Duration, shared: Arc<Share
         let sent_at = Instant::now();
         match client.session_renew(&id, timeout).await {
             Ok(entry) => {
-                shared.confirm(sent_at);
+                shared.renewed(sent_at);
                 // The server may answer a longer TTL to ask for slower renewals.
                 if let Some(server_ttl) = parse_go_duration(&entry.ttl).filter(|t| *t >= ttl) {
                     interval = server_ttl / 2;
@@ -349,17 +391,29 @@ async fn renew_loop(client: Client, id: String, ttl: Duration, shared: Arc<Share
     }
 }
 
-async fn watchdog(shared: Arc<Shared>, window: Duration) {
+async fn watchdog(shared: Arc<Shared>, window: ContactWindow) {
     loop {
-        let deadline = shared.last_confirmed() + window;
-        if Instant::now() >= deadline {
-            shared.declare_lost(LossReason::NoContact {
-                silent_for: shared.last_confirmed().elapsed(),
-                window,
-            });
+        let Some(deadline) = shared.deadline(&window) else {
             return;
+        };
+        let now = Instant::now();
+        if now < deadline {
+            tokio::time::sleep_until(deadline).await;
+            continue;
         }
-        tokio::time::sleep_until(deadline).await;
+        let (renewed, confirmed) = *shared.news();
+        // Report the bound that ran out.
+        let (since, limit) = match (window.since_renew, window.since_confirmation) {
+            (Some(r), _) if renewed + r <= now => (renewed, r),
+            (_, Some(c)) => (confirmed, c),
+            (Some(r), None) => (renewed, r),
+            (None, None) => return,
+        };
+        shared.declare_lost(LossReason::NoContact {
+            silent_for: now - since,
+            window: limit,
+        });
+        return;
     }
 }
 
@@ -410,31 +464,35 @@ mod tests {
         }
     }
 
+    fn window(renew: Option<u64>, confirmation: Option<u64>) -> ContactWindow {
+        ContactWindow {
+            since_renew: renew.map(Duration::from_secs),
+            since_confirmation: confirmation.map(Duration::from_secs),
+        }
+    }
+
     #[test]
     fn contact_window_for_defaults() {
         let grace = Duration::from_secs(5);
-        // Node checks: the lock-delay alone protects; 15 - 5 - 1.
-        assert_eq!(
-            contact_window(&settings(15, 15, false), grace),
-            Ok(Some(Duration::from_secs(9)))
-        );
-        // TTL-only: TTL + lock-delay; 30 - 5 - 1.
-        assert_eq!(
-            contact_window(&settings(15, 15, true), grace),
-            Ok(Some(Duration::from_secs(24)))
-        );
+        // Node checks: renew bound TTL + lock-delay - 5 - 1; confirmation bound 15 - 5 - 1.
+        let defaults = contact_window(&settings(15, 15, false), grace);
+        assert_eq!(defaults, Ok(window(Some(24), Some(9))));
+        assert_eq!(defaults.unwrap().shortest(), Some(Duration::from_secs(9)));
+        // TTL-only: only the renew bound.
+        let ttl_only = contact_window(&settings(15, 15, true), grace);
+        assert_eq!(ttl_only, Ok(window(Some(24), None)));
         // No lock-delay: only the TTL bounds it.
-        assert_eq!(
-            contact_window(&settings(15, 0, false), grace),
-            Ok(Some(Duration::from_secs(9)))
-        );
+        let no_delay = contact_window(&settings(15, 0, false), grace);
+        assert_eq!(no_delay, Ok(window(Some(9), None)));
         // Lock-delay is capped at 60 s by Consul.
-        assert_eq!(
-            contact_window(&settings(0, 120, false), grace),
-            Ok(Some(Duration::from_secs(54)))
-        );
+        let no_ttl = contact_window(&settings(0, 120, false), grace);
+        assert_eq!(no_ttl, Ok(window(None, Some(54))));
         // Nothing can invalidate it by time.
-        assert_eq!(contact_window(&settings(0, 0, true), grace), Ok(None));
+        assert!(
+            contact_window(&settings(0, 0, true), grace)
+                .unwrap()
+                .is_unbounded()
+        );
     }
 
     #[test]
@@ -468,7 +526,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn watchdog_declares_loss_after_the_window_without_confirmation() {
         let liveness = Liveness::new(Instant::now());
-        liveness.enforce_contact_window(Duration::from_secs(9));
+        liveness.enforce_contact_window(window(None, Some(9)));
         tokio::time::sleep(Duration::from_secs(5)).await;
         liveness.shared.confirm(Instant::now());
         tokio::time::sleep(Duration::from_secs(8)).await;
@@ -479,5 +537,39 @@ mod tests {
         );
         let reason = liveness.lost().await;
         assert!(matches!(reason, LossReason::NoContact { .. }), "{reason:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_do_not_stand_in_for_renewals() {
+        // A TTL-only session whose renewals fail while reads of the lock keep succeeding: the
+        // TTL still runs out, so the renew bound must fire although confirmations keep coming.
+        let start = Instant::now();
+        let liveness = Liveness::new(start);
+        liveness.enforce_contact_window(window(Some(24), None));
+        let mut receiver = liveness.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    liveness.shared.confirm(Instant::now());
+                }
+                _ = receiver.changed() => break,
+            }
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(24));
+        assert!(matches!(
+            liveness.loss(),
+            Some(LossReason::NoContact { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_pushes_both_bounds() {
+        let start = Instant::now();
+        let liveness = Liveness::new(start);
+        liveness.enforce_contact_window(window(Some(24), Some(9)));
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        liveness.shared.renewed(Instant::now());
+        let reason = liveness.lost().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(17), "{reason:?}");
     }
 }

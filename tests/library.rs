@@ -129,7 +129,10 @@ fn a_watched_lock_reports_loss_when_its_session_is_destroyed() {
         let mut held = acquire(&client, &key, &AcquireOptions::default())
             .await
             .unwrap();
-        held.watch(None);
+        held.watch(consullock::session::ContactWindow {
+            since_renew: None,
+            since_confirmation: None,
+        });
         client
             .session_destroy(held.session_id(), Duration::from_secs(5))
             .await

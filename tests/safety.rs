@@ -83,3 +83,50 @@ fn a_tiny_contact_window_is_confirmed_in_time_while_the_command_runs() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn failing_renewals_lose_a_ttl_only_lock_although_reads_still_succeed() {
+    // Only renewals fail: the lock watch's reads keep succeeding, but they do not push the TTL
+    // back, so the lock must count as lost once TTL + lock-delay - grace - margin has passed
+    // since the last renew (10 + 1 - 1 - 1 = 9 s), long before the server would expire the
+    // session (2×TTL) and the watch could see it.
+    let consul = TestConsul::start_dev_server(&["--test-faults"]);
+    let key = consul.unique_key("renew-fails");
+    let dir = std::env::temp_dir().join(format!("consullock-safety-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let started_file = dir.join(format!("{}.started", key.replace('/', "_")));
+    let child = consul
+        .command()
+        .args([
+            "execute",
+            "--ttl-only",
+            "--session-ttl",
+            "10",
+            "--lock-delay",
+            "1",
+        ])
+        .args(["--kill-grace", "1", &key, "--", "sh", "-c"])
+        .arg(format!("touch '{}'; exec sleep 60", started_file.display()))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_until(Duration::from_secs(10), "the command to start", || {
+        started_file.exists()
+    });
+    consul.faults(serde_json::json!({"no_leader_ms": 60_000, "path_prefix": "/v1/session/renew/"}));
+    let faulted = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    let stopped_after = faulted.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(101), "{stderr}");
+    assert!(stderr.contains("could not renew or confirm"), "{stderr}");
+    // The last renew was at most TTL/2 = 5 s before the fault; the window is 9 s after it, and
+    // the session cannot expire before 10 s after it.
+    assert!(
+        stopped_after < Duration::from_secs(10),
+        "stopped {stopped_after:?} after the fault"
+    );
+    consul.clear_faults();
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -17,6 +17,9 @@
 //! | slow server | `delay_ms` | the answer (error or not) delayed that many ms, until reset to 0 |
 //! | index reset | `index_backwards` | the next N successful reads carry `X-Consul-Index: 1` |
 //!
+//! `path_prefix` narrows the delay and the period faults to requests whose path starts with it (e.g.
+//! `/v1/session/renew/` for renewals failing while reads succeed); empty means every path.
+//!
 //! Control: `PUT /_devserver/faults` with a JSON object holding any of the fields above sets
 //! those faults from now on (a field set to 0 clears its fault; absent fields are unchanged);
 //! `DELETE /_devserver/faults` clears every fault; `GET /_devserver/faults` reports what is
@@ -51,11 +54,13 @@ pub(crate) struct Request {
     acl_deny_ms: Option<u64>,
     delay_ms: Option<u64>,
     index_backwards: Option<u64>,
+    path_prefix: Option<String>,
 }
 
 /// Active faults.
 #[derive(Debug, Default)]
 struct Active {
+    path_prefix: String,
     no_leader_until: Option<Instant>,
     rate_limited_until: Option<Instant>,
     acl_denied_until: Option<Instant>,
@@ -88,6 +93,7 @@ pub(crate) struct Report {
     acl_deny_ms: u64,
     delay_ms: u64,
     index_backwards: u64,
+    path_prefix: String,
     injected: InjectedReport,
 }
 
@@ -135,6 +141,14 @@ impl Faults {
         if let Some(n) = request.index_backwards {
             active.index_backwards = n;
         }
+        if let Some(prefix) = &request.path_prefix {
+            active.path_prefix = prefix.clone();
+        }
+    }
+
+    /// Whether the faults apply to a request for `path`.
+    pub(crate) fn applies_to(&self, path: &str) -> bool {
+        !path.starts_with("/_devserver/") && path.starts_with(self.active().path_prefix.as_str())
     }
 
     /// Clears every fault (the counters stay).
@@ -152,6 +166,7 @@ impl Faults {
             acl_deny_ms: remaining(active.acl_denied_until, now),
             delay_ms: active.delay.as_millis() as u64,
             index_backwards: active.index_backwards,
+            path_prefix: active.path_prefix.clone(),
             injected: InjectedReport {
                 no_leader: count(&self.injected.no_leader),
                 rate_limited: count(&self.injected.rate_limited),

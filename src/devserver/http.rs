@@ -564,7 +564,7 @@ async fn answer(
 /// [`faults`]). `/_devserver/*` is never faulted, so tests can always turn faults off.
 async fn test_fault(shared: &Shared, path: &str) -> Option<Response<Body>> {
     let faults = shared.faults.as_ref()?;
-    if path.starts_with("/_devserver/") {
+    if !faults.applies_to(path) {
         return None;
     }
     if let Some(delay) = faults.delay() {
