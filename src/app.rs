@@ -42,11 +42,15 @@ fn run(args: Vec<OsString>) -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp
-                | clap::error::ErrorKind::DisplayVersion
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                     let _ = e.print();
                     exit::SUCCESS
+                }
+                // No subcommand: the help goes to stderr, and it is a usage error (exit 3, as in
+                // consullock 4.2), so a script that lost its arguments does not pass for done.
+                clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    eprint!("{}", e.render());
+                    exit::INVALID_ARGUMENTS
                 }
                 _ => {
                     eprintln!("consullock: {}", one_line_usage_error(&e));

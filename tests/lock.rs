@@ -312,31 +312,34 @@ fn invalid_ttl_lock_delay_and_keys_are_refused() {
 #[test]
 fn usage_errors_exit_3_and_help_exits_0() {
     let consul = TestConsul::start();
-    assert_eq!(
-        code(&run({
-            let mut c = consul.command();
-            c.args(["lock"]);
-            c
-        })),
-        3
-    );
-    assert_eq!(
-        code(&run({
-            let mut c = consul.command();
-            c.args(["lock", "--no-such-flag", "k"]);
-            c
-        })),
-        3
-    );
+    let run_args = |args: &[&str]| {
+        let mut command = consul.command();
+        command.args(args);
+        run(command)
+    };
+    for args in [
+        &[][..],
+        &["lock"],
+        &["lock", "--no-such-flag", "k"],
+        &["frobnicate"],
+    ] {
+        let output = run_args(args);
+        assert_eq!(code(&output), 3, "{args:?}");
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?}: usage errors go to stderr"
+        );
+    }
     for args in [
         &["--help"][..],
         &["--version"],
         &["lock", "--help"],
         &["-h"],
+        &["help"],
     ] {
-        let mut c = consul.command();
-        c.args(args);
-        assert_eq!(code(&run(c)), 0, "{args:?}");
+        let output = run_args(args);
+        assert_eq!(code(&output), 0, "{args:?}");
+        assert!(!output.stdout.is_empty(), "{args:?}");
     }
 }
 
