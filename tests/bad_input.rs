@@ -380,6 +380,17 @@ fn cases(scratch: &std::path::Path) -> Vec<Case> {
             8,
         ),
         case(
+            "answer over the client's 64 MiB cap",
+            Fake(FakeServer::http(
+                "200 OK",
+                &["X-Consul-Index: 5"],
+                &vec![b'['; 65 * 1024 * 1024],
+            )),
+            &[],
+            &nb,
+            8,
+        ),
+        case(
             "closes mid-answer",
             Fake(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nX-Consul-Index: 5\r\n\r\n[{\"Key\":"

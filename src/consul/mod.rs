@@ -42,6 +42,10 @@ pub const SERVER_DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Consul's maximum `wait`.
 pub const SERVER_MAX_WAIT: Duration = Duration::from_secs(600);
 
+/// Largest answer read from Consul: far above any lock's (a KV value is at most 512 KiB), and a
+/// bound on what a misbehaving server can make us hold in memory.
+pub const MAX_RESPONSE_BODY: usize = 64 << 20;
+
 /// TCP keep-alive probes notice a silently dead peer during a long blocking read.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -440,10 +444,23 @@ impl Client {
         };
         let status = response.status();
         let headers = response.headers().clone();
-        let body = match response.bytes().await {
-            Ok(body) => body,
-            Err(e) => return Err(transport_error(request, e, timeout)),
-        };
+        let mut response = response;
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_RESPONSE_BODY {
+                        return Err(ConsulError::InvalidResponse {
+                            request,
+                            what: format!("the answer is larger than {MAX_RESPONSE_BODY} bytes"),
+                        });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(transport_error(request, e, timeout)),
+            }
+        }
         tracing::trace!(
             method = method_name,
             path = %path,
@@ -455,7 +472,7 @@ impl Client {
             request,
             status,
             headers,
-            body: body.to_vec(),
+            body,
         };
         if status.is_success() || (status == StatusCode::NOT_FOUND && path.starts_with("/v1/kv/")) {
             return Ok(response);
