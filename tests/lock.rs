@@ -209,6 +209,9 @@ fn blocking_lock_is_woken_by_the_release_without_polling() {
     let handoff = acquired_at.saturating_duration_since(released_at);
     let printed: Value = serde_json::from_str(line.trim()).expect("lock JSON");
     assert_eq!(printed["key"], key.as_str());
+    crate::support::report(&format!(
+        "blocking_lock: {during} requests from the waiter in 3 s of waiting; hand-over {handoff:?}"
+    ));
     assert!(
         handoff < Duration::from_millis(50),
         "hand-over took {handoff:?}"
@@ -477,6 +480,9 @@ fn sigterm_during_a_blocking_wait_exits_promptly_and_leaves_no_session() {
         let status = waiter.child.wait().unwrap();
         let took = sent.elapsed();
         assert_eq!(status.code(), Some(expected), "{signal}");
+        crate::support::report(&format!(
+            "sigterm_during_wait: {signal} ended the wait in {took:?}"
+        ));
         assert!(took < Duration::from_secs(1), "{signal} took {took:?}");
         assert_eq!(
             sessions_named(&consul, &key).len(),
