@@ -927,6 +927,18 @@ fn as_pid1_it_reaps_orphans_forwards_term_and_propagates_the_exit_code() {
     assert_nothing_left(&consul, &key);
 }
 
+/// An `execute` holding `key` with a print_signals child that exits on SIGTERM, once it runs.
+fn hold(consul: &TestConsul, key: &str) -> Running {
+    let print_signals = print_signals();
+    let command = execute_command(
+        consul,
+        &[key, "--", print_signals.to_str().unwrap(), "--exit-on-term"],
+    );
+    let mut holder = Running::start(command, false);
+    holder.ready_pid();
+    holder
+}
+
 impl Running {
     /// [`Running::wait`] for runs that should end by themselves, returning (code, stderr).
     fn wait_owned(mut self) -> (i32, String) {
@@ -939,20 +951,7 @@ impl Running {
 fn non_blocking_and_timeout_do_not_run_the_command() {
     let consul = TestConsul::start();
     let key = consul.unique_key("non-blocking");
-    let print_signals = print_signals();
-    let mut holder = Running::start(
-        execute_command(
-            &consul,
-            &[
-                &key,
-                "--",
-                print_signals.to_str().unwrap(),
-                "--exit-on-term",
-            ],
-        ),
-        false,
-    );
-    holder.ready_pid();
+    let mut holder = hold(&consul, &key);
     let never = ["--", "sh", "-c", "echo ran"];
 
     let refused = execute(
@@ -1095,20 +1094,7 @@ fn twenty_contenders_run_one_at_a_time() {
 fn a_stop_signal_while_waiting_ends_the_wait_and_leaves_nothing() {
     let consul = TestConsul::start();
     let key = consul.unique_key("interrupted-wait");
-    let print_signals = print_signals();
-    let mut holder = Running::start(
-        execute_command(
-            &consul,
-            &[
-                &key,
-                "--",
-                print_signals.to_str().unwrap(),
-                "--exit-on-term",
-            ],
-        ),
-        false,
-    );
-    holder.ready_pid();
+    let mut holder = hold(&consul, &key);
     for (signal, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
         let mut waiter = Running::start(
             execute_command(&consul, &[&key, "--", "sh", "-c", "echo ran"]),
