@@ -453,7 +453,8 @@ async fn attempt_loop(
     }
 }
 
-/// Blocks on the key until it changes, the deadline passes, or the session is lost.
+/// Blocks on the key until it changes, the deadline passes, the session is lost, or a
+/// transient error (then after a pause, so that the caller reads the key again).
 async fn wait_for_change(
     client: &Client,
     key: &str,
@@ -495,7 +496,14 @@ async fn wait_for_change(
                 // Timed out with nothing changed: block again.
                 index = read.index.max(1);
             }
-            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) if e.is_transient() => {
+                // A blocking read is the request most exposed to a cut connection or a proxy
+                // that times it out. Pause, then let the caller read the key again: its next
+                // attempt reconnects, and it counts errors that go on against its own budget.
+                tracing::warn!("consul error while waiting for the lock, retrying: {e}");
+                sleep_until_or_deadline(Instant::now() + RETRY_INTERVAL, deadline).await;
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -9,6 +9,7 @@ mod execute;
 mod faults;
 mod library;
 mod lock;
+mod proxy;
 mod safety;
 mod support;
 mod torture;

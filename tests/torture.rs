@@ -4,9 +4,15 @@
 //! - `kill9`: SIGKILL of the holder's supervisor (its command dies with it through PDEATHSIG;
 //!   its session stays until the TTL runs out);
 //! - `destroy`: the holder's session destroyed over HTTP, as an operator would;
-//! - `blackhole`: every answer delayed longer than the TTL (the dev server's `delay_ms` fault:
-//!   requests are accepted and read, and nothing comes back in time);
-//! - `pause`: the dev server stopped with SIGSTOP for longer than the TTL, then SIGCONT.
+//! - `blackhole`: a partition longer than the TTL. Every contender reaches the dev server
+//!   through its own [`Proxy`]; the holder's proxy and a random half of the others swallow
+//!   everything (requests hang, nothing comes back) while the rest still reach the server.
+//!   The dev server ends a session 2×TTL after its last renew and then applies the lock-delay,
+//!   so the others get the lock only once the partition has healed: what this checks is that
+//!   the isolated holder stops in time and that everyone recovers from the dead connections;
+//! - `pause`: the dev server stopped with SIGSTOP for longer than the TTL, then SIGCONT;
+//! - `cut`: every live connection of every contender reset at once (blocking queries, renews,
+//!   monitors), as when a load balancer or NAT in front of Consul drops its connections.
 //!
 //! Each command writes its start and end on CLOCK_MONOTONIC (`examples/monotonic.rs`), which
 //! every process on the machine shares. The test asserts that no two critical sections overlap,
@@ -24,8 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
+use crate::support::proxy::{Mode, Proxy};
 use crate::support::{TestConsul, wait_until};
 
 /// Session TTL of the contenders: Consul's minimum.
@@ -100,6 +105,7 @@ struct Shared {
 
 fn contender(
     consul: &TestConsul,
+    addr: &str,
     shared: &Shared,
     index: u64,
     key: &str,
@@ -117,6 +123,7 @@ fn contender(
             .insert(run_id, monotonic_ns());
         let mut child: Child = consul
             .command()
+            .env("CONSUL_HTTP_ADDR", format!("http://{addr}"))
             .args([
                 "execute",
                 "--session-ttl",
@@ -162,6 +169,15 @@ fn session_pid(session: &serde_json::Value) -> Option<u32> {
     name[start..].trim_end_matches(')').parse().ok()
 }
 
+/// The supervisor holding `key` now, if the test started it: its pid and run id.
+fn holder_run(consul: &TestConsul, shared: &Shared, key: &str) -> Option<(u32, u64)> {
+    let session = consul.holder(key)?;
+    let info = consul.get(&format!("/v1/session/info/{session}")).json();
+    let pid = info[0].as_object().and(session_pid(&info[0]))?;
+    let run = shared.running.lock().unwrap().get(&pid).copied()?;
+    Some((pid, run))
+}
+
 /// The contenders that have started a critical section so far.
 fn held_by(log: &std::path::Path) -> std::collections::HashSet<u64> {
     std::fs::read_to_string(log)
@@ -190,7 +206,7 @@ fn torture_mutual_exclusion_under_faults() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let monotonic = monotonic_helper();
-    let consul = Arc::new(TestConsul::start_dev_server(&["--test-faults"]));
+    let consul = Arc::new(TestConsul::start_dev_server(&[]));
     let key = consul.unique_key("torture");
     let log = std::env::temp_dir().join(format!("consullock-torture-{}.log", std::process::id()));
     std::fs::File::create(&log).unwrap();
@@ -207,23 +223,32 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| (monotonic_ns() as u64) | 1);
     let shared = Arc::new(Shared::default());
+    // One proxy per contender, not one for all: a partition cuts some clients off from the
+    // server while others still reach it, and that is what threatens mutual exclusion (the
+    // isolated holder must stop its command before the others can be granted the lock). One
+    // shared proxy could only cut everyone off at once, which is the `pause` fault again.
+    let proxies: Vec<Proxy> = (0..contenders)
+        .map(|_| Proxy::start(&consul.addr()))
+        .collect();
     let mut threads = Vec::new();
     for index in 1..=contenders {
-        let (consul, shared, key, script, log) = (
+        let (consul, addr, shared, key, script, log) = (
             consul.clone(),
+            proxies[index as usize - 1].addr(),
             shared.clone(),
             key.clone(),
             script.clone(),
             log.clone(),
         );
         threads.push(std::thread::spawn(move || {
-            contender(&consul, &shared, index, &key, &script, &log)
+            contender(&consul, &addr, &shared, index, &key, &script, &log)
         }));
     }
 
     // Fault injection.
     let mut rng = Rng(seed);
     let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut connections_cut = 0;
     let mut last_kill: Option<Instant> = None;
     let mut last_outage: Option<Instant> = None;
     let server_pid = consul.pid().expect("a private dev server") as i32;
@@ -234,13 +259,12 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
         // Calm between faults, so handoffs happen and contenders make progress.
         std::thread::sleep(Duration::from_millis(2_000 + rng.below(3_000)));
         if round.is_empty() {
-            round = vec![0, 1, 2, 3];
+            round = vec![0, 1, 2, 3, 4];
             for i in (1..round.len()).rev() {
                 round.swap(i, rng.below(i as u64 + 1) as usize);
             }
         }
         let kind = round.pop().unwrap_or(0);
-        let holder = consul.holder(&key);
         match kind {
             0 => {
                 // At most one kill per 2×TTL + lock-delay, so the lock is not orphaned all the
@@ -252,12 +276,7 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
                 {
                     continue;
                 }
-                let Some(session) = holder else { continue };
-                let info = consul.get(&format!("/v1/session/info/{session}")).json();
-                let Some(pid) = info[0].as_object().and(session_pid(&info[0])) else {
-                    continue;
-                };
-                let Some(run) = shared.running.lock().unwrap().get(&pid).copied() else {
+                let Some((pid, run)) = holder_run(&consul, &shared, &key) else {
                     continue;
                 };
                 // SAFETY: kill(2) on a supervisor this test spawned and has not reaped (its
@@ -269,18 +288,30 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
                 *faults.entry("kill9").or_default() += 1;
             }
             1 => {
-                let Some(session) = holder else { continue };
+                let Some(session) = consul.holder(&key) else {
+                    continue;
+                };
                 consul.destroy_session(&session);
                 *faults.entry("destroy").or_default() += 1;
             }
             2 => {
-                consul.faults(json!({"delay_ms": OUTAGE.as_millis() as u64}));
+                // The holder (when the test knows it) and about half the others.
+                let holder = holder_run(&consul, &shared, &key).map(|(_, run)| run / 1_000_000);
+                let isolated: Vec<&Proxy> = (1..=contenders)
+                    .filter(|&c| Some(c) == holder || rng.below(2) == 0)
+                    .map(|c| &proxies[c as usize - 1])
+                    .collect();
+                for proxy in &isolated {
+                    proxy.set_mode(Mode::Blackhole);
+                }
                 std::thread::sleep(OUTAGE);
-                consul.faults(json!({"delay_ms": 0}));
+                for proxy in &isolated {
+                    proxy.set_mode(Mode::Pass);
+                }
                 last_outage = Some(Instant::now());
                 *faults.entry("blackhole").or_default() += 1;
             }
-            _ => {
+            3 => {
                 // SAFETY: kill(2) on the dev server this test started.
                 unsafe { libc::kill(server_pid, libc::SIGSTOP) };
                 std::thread::sleep(OUTAGE);
@@ -288,6 +319,13 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
                 unsafe { libc::kill(server_pid, libc::SIGCONT) };
                 last_outage = Some(Instant::now());
                 *faults.entry("pause").or_default() += 1;
+            }
+            _ => {
+                connections_cut += proxies.iter().map(Proxy::cut_all).sum::<usize>();
+                // A cut can lose the answer to a session create or destroy: a session it strands
+                // is accounted for like an outage's.
+                last_outage = Some(Instant::now());
+                *faults.entry("cut").or_default() += 1;
             }
         }
     }
@@ -362,9 +400,10 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
         intervals.iter().map(|i| i.run / 1_000_000).collect();
 
     // Sessions left: only killed supervisors', and those expire within 2×TTL of the kill.
-    // A supervisor that ends during an outage cannot destroy its session, and a create sent
-    // to a paused server may be served after the client gave up: those are stranded until
-    // their TTL too, so they are allowed only after an outage, and must expire the same way.
+    // A supervisor that ends during an outage (or whose destroy is cut) cannot destroy its
+    // session, and a create sent to a paused server may be served after the client gave up:
+    // those are stranded until their TTL too, so they are allowed only after an outage or a
+    // cut, and must expire the same way.
     let killed = shared.killed.lock().unwrap().clone();
     let mut stranded = 0;
     for session in consul.sessions() {
@@ -402,7 +441,8 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
         .collect();
     let summary = format!(
         "torture: {} runs ({} held the lock) by {contenders} contenders in {:.0?} ({:.0?} of faults), seed {seed}; \
-         faults {}; exits {}; sessions stranded by outages {stranded}; overlaps {}; longest handoff {:.1?}",
+         faults {}; connections cut {connections_cut}; exits {}; sessions stranded by outages {stranded}; \
+         overlaps {}; longest handoff {:.1?}",
         shared.runs.load(Ordering::Relaxed),
         intervals.len(),
         started.elapsed(),
