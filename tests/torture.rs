@@ -253,8 +253,11 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
     let mut last_outage: Option<Instant> = None;
     let server_pid = consul.pid().expect("a private dev server") as i32;
     let started = Instant::now();
-    // Kinds come in shuffled rounds, so even a short run injects each of them.
+    // Kinds come in shuffled rounds, so even a short run injects each of them. The first round
+    // starts with the kill: kills are only allowed early (see below). A kind that finds nothing
+    // to hit (no holder yet) goes back to the round and is tried again after the next calm.
     let mut round: Vec<u64> = Vec::new();
+    let mut first_round = true;
     while started.elapsed() < Duration::from_secs(soak) {
         // Calm between faults, so handoffs happen and contenders make progress.
         std::thread::sleep(Duration::from_millis(2_000 + rng.below(3_000)));
@@ -262,6 +265,11 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
             round = vec![0, 1, 2, 3, 4];
             for i in (1..round.len()).rev() {
                 round.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            if first_round {
+                round.retain(|&k| k != 0);
+                round.push(0);
+                first_round = false;
             }
         }
         let kind = round.pop().unwrap_or(0);
@@ -277,6 +285,7 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
                     continue;
                 }
                 let Some((pid, run)) = holder_run(&consul, &shared, &key) else {
+                    round.push(kind);
                     continue;
                 };
                 // SAFETY: kill(2) on a supervisor this test spawned and has not reaped (its
@@ -289,6 +298,7 @@ echo "E $RUN_ID $({mono})" >> "$TORTURE_LOG""#
             }
             1 => {
                 let Some(session) = consul.holder(&key) else {
+                    round.push(kind);
                     continue;
                 };
                 consul.destroy_session(&session);
