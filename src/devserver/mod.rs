@@ -9,9 +9,9 @@
 //! It deliberately shares no code with the project's Consul client: two independent readings of
 //! Consul's behaviour catch each other's mistakes, while one shared reading would hide them.
 //!
-//! Layout: [`state`] is the store (pure, clock passed in), [`duration`] reproduces Go durations,
+//! Layout: `state` is the store (pure, clock passed in), `duration` reproduces Go durations,
 //! `http` routes and validates requests, `kv` and `session` are the endpoints. This module binds
-//! the listener, runs the TTL timer task and stops on SIGINT/SIGTERM. [`faults`] holds the
+//! the listener, runs the TTL timer task and stops on SIGINT/SIGTERM. `faults` holds the
 //! test-only HTTP faults (hidden `--test-faults` option, control endpoint `/_devserver/faults`).
 
 mod duration;
