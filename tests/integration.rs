@@ -4,6 +4,7 @@
 mod bad_input;
 mod conformance;
 mod container;
+mod docs;
 mod errors;
 mod execute;
 mod faults;
