@@ -66,10 +66,12 @@ pub enum ConsulError {
         body: String,
     },
     /// The agent could not be reached (connection refused, reset, DNS, TLS).
-    #[error("consul unreachable ({request}): {source}")]
+    #[error("consul unreachable ({request}): {reason}")]
     Unreachable {
         /// The request.
         request: RequestContext,
+        /// What went wrong, down to the root cause ("connection refused"), on one line.
+        reason: String,
         /// The transport error.
         #[source]
         source: reqwest::Error,
@@ -122,4 +124,19 @@ impl ConsulError {
             | ConsulError::InvalidSession { .. } => false,
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: reqwest's own message only says
+/// "error sending request", the useful part ("Connection refused", a TLS alert) is deeper.
+pub(super) fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        let text = error.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = error.source();
+    }
+    parts.join(": ").replace(['\n', '\r'], " ")
 }

@@ -504,6 +504,11 @@ fn transport_error(
     } else {
         ConsulError::Unreachable {
             request,
+            // reqwest's own message only repeats the URL we already show.
+            reason: match std::error::Error::source(&error) {
+                Some(cause) => error::cause_chain(cause),
+                None => error.to_string(),
+            },
             source: error,
         }
     }
