@@ -176,16 +176,8 @@ pub(crate) fn session_settings(
         &LOCK_DELAY_RANGE,
     )
     .map_err(|e| Error::InvalidSessionSettings(format!("invalid lock-delay: {e}")))?;
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown-host".into());
     Ok(SessionSettings {
-        name: format!(
-            "consullock {} on {host} (pid {})",
-            args.key,
-            std::process::id()
-        ),
+        name: crate::session::holder_name(&args.key),
         ttl,
         lock_delay,
         ttl_only: args.ttl_only,
@@ -270,14 +262,14 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
     let client = client_from_env()?;
     // Handlers first: a SIGTERM during the wait must destroy our session, not kill us.
     let mut signals = crate::supervisor::Signals::install()?;
-    let interrupted = std::cell::Cell::new(None);
-    let cancel = async {
-        interrupted.set(Some(
-            crate::execute::wait_for_stop_request(&mut signals).await,
-        ));
-    };
-    let acquired = lock::acquire(&client, &args.key, &settings, &options, cancel).await;
-    HolderLine::clear();
+    let acquired = crate::execute::acquire_until_stop_request(
+        &client,
+        &args.key,
+        &settings,
+        &options,
+        &mut signals,
+    )
+    .await;
     match acquired {
         Ok(held) => {
             let fencing_token = held.fencing_token();
@@ -291,13 +283,7 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
             println!("{json}");
             Ok(exit::SUCCESS)
         }
-        Err(e) => {
-            let error = match (Error::from(e), interrupted.get()) {
-                (Error::Interrupted { .. }, Some(signal)) => Error::Interrupted {
-                    signal: signal.as_raw(),
-                },
-                (error, _) => error,
-            };
+        Err(error) => {
             if matches!(error, Error::NotAcquired { .. } | Error::Timeout { .. }) {
                 println!("null");
             }

@@ -76,18 +76,9 @@ pub async fn execute_locked(
 ) -> Result<Executed, Error> {
     validate_key(key)?;
     let window = settings.contact_window()?;
-    let interrupted = std::cell::Cell::new(None);
-    let cancel = async {
-        interrupted.set(Some(wait_for_stop_request(signals).await));
-    };
-    let acquired = lock::acquire(client, key, &settings.session, &settings.acquire, cancel).await;
-    crate::app::HolderLine::clear();
-    let mut held = acquired.map_err(|e| match (Error::from(e), interrupted.get()) {
-        (Error::Interrupted { .. }, Some(signal)) => Error::Interrupted {
-            signal: signal.as_raw(),
-        },
-        (error, _) => error,
-    })?;
+    let mut held =
+        acquire_until_stop_request(client, key, &settings.session, &settings.acquire, signals)
+            .await?;
 
     held.watch(window);
     let env = child_environment(&held);
@@ -184,10 +175,33 @@ pub async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
     })
 }
 
+/// Acquires the lock, ending the wait on a stop request (TERM, INT, HUP, QUIT) with
+/// [`Error::Interrupted`] naming that signal; the holder line, if shown, is cleared either way.
+pub(crate) async fn acquire_until_stop_request(
+    client: &Client,
+    key: &str,
+    session: &SessionSettings,
+    options: &AcquireOptions,
+    signals: &mut Signals,
+) -> Result<HeldLock, Error> {
+    let interrupted = std::cell::Cell::new(None);
+    let cancel = async {
+        interrupted.set(Some(wait_for_stop_request(signals).await));
+    };
+    let acquired = lock::acquire(client, key, session, options, cancel).await;
+    crate::app::HolderLine::clear();
+    acquired.map_err(|e| match (Error::from(e), interrupted.get()) {
+        (Error::Interrupted { .. }, Some(signal)) => Error::Interrupted {
+            signal: signal.as_raw(),
+        },
+        (error, _) => error,
+    })
+}
+
 /// Waits for a signal that asks us to stop (TERM, INT, HUP, QUIT). The others have no child to
 /// go to yet and are dropped: as PID 1 nothing else would handle them, and USR1/WINCH must not
 /// end a wait.
-pub(crate) async fn wait_for_stop_request(signals: &mut Signals) -> Signal {
+async fn wait_for_stop_request(signals: &mut Signals) -> Signal {
     loop {
         let signal = signals.recv().await;
         if [Signal::TERM, Signal::INT, Signal::HUP, Signal::QUIT].contains(&signal) {

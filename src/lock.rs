@@ -325,9 +325,7 @@ async fn attempt_loop(
     };
     let mut backoff = LOCK_DELAY_BACKOFF_START;
     let mut errors_since: Option<Instant> = None;
-    let hostname = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok());
+    let hostname = crate::session::hostname();
     loop {
         if liveness.is_some_and(|l| l.loss().is_some()) {
             return Err(AcquireError::Consul(ConsulError::InvalidSession {
@@ -533,6 +531,11 @@ async fn run_hooks(hooks: &[OsString], key: &str) {
 }
 
 impl HeldLock {
+    /// Stops renewing and watching (dropping the [`Liveness`] aborts its tasks).
+    fn stop_watching(&mut self) {
+        self.liveness = None;
+    }
+
     /// The lock's information, as stored in the key.
     pub fn info(&self) -> &LockInfo {
         &self.info
@@ -600,9 +603,7 @@ impl HeldLock {
     /// Releases the lock cleanly: `?release` with our session (no lock-delay for the next
     /// holder), delete the key if nobody changed it since, destroy the session.
     pub async fn release(mut self) -> Result<(), ConsulError> {
-        if let Some(liveness) = self.liveness.take() {
-            liveness.stop();
-        }
+        self.stop_watching();
         let client = self.session.client().clone();
         let key = self.info.key.clone();
         let result = async {
@@ -629,17 +630,13 @@ impl HeldLock {
     /// Gives the lock up to Consul: the session is neither renewed nor destroyed, so the lock
     /// stays held until `unlock` or the session's TTL (what `consullock lock` does).
     pub fn leave_held(mut self) -> LockInfo {
-        if let Some(liveness) = self.liveness.take() {
-            liveness.stop();
-        }
+        self.stop_watching();
         self.info
     }
 
     /// Destroys the session without releasing first (the key goes with it, under lock-delay).
     pub async fn abandon(mut self) -> Result<(), ConsulError> {
-        if let Some(liveness) = self.liveness.take() {
-            liveness.stop();
-        }
+        self.stop_watching();
         self.session.destroy().await
     }
 }

@@ -100,12 +100,8 @@ impl LockManager {
     }
 
     fn session_settings(&self, key: &str) -> SessionSettings {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "unknown-host".into());
         SessionSettings {
-            name: format!("consullock {key} on {host} (pid {})", std::process::id()),
+            name: crate::session::holder_name(key),
             ttl: self.session_ttl,
             lock_delay: self.lock_delay,
             ttl_only: self.ttl_only,

@@ -42,6 +42,19 @@ pub const MAX_RENEW_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of the destroy request made on the way out.
 pub const DESTROY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// This machine's host name, for lock values and session names (`None` when unreadable).
+pub fn hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+}
+
+/// The session name that tells operators who holds `key`: key, host and pid.
+pub fn holder_name(key: &str) -> String {
+    let host = hostname().unwrap_or_else(|| "unknown-host".into());
+    format!("consullock {key} on {host} (pid {})", std::process::id())
+}
+
 /// How a session is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSettings {
