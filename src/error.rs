@@ -1,10 +1,10 @@
 /*!
-The one error type of consullock, and the single place that turns an error into an exit code.
+The one error type of the consullock library. What each error means for a program's exit code is
+the command line's business (`src/cli/exit.rs`), not the library's.
 */
 
 use crate::config::ConfigError;
 use crate::consul::ConsulError;
-use crate::exit;
 use crate::key::InvalidKey;
 use crate::lock::AcquireError;
 use crate::session::LossReason;
@@ -78,25 +78,6 @@ impl From<AcquireError> for Error {
             // The caller that cancelled knows which signal did it and reports that instead.
             AcquireError::Cancelled { .. } => Error::Interrupted { signal: 0 },
             AcquireError::Consul(e) => Error::Consul(e),
-        }
-    }
-}
-
-impl Error {
-    /// The exit code for this error (see [`crate::exit`]).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Config(_) => exit::INVALID_ENVIRONMENT,
-            Error::InvalidArguments(_) => exit::INVALID_ARGUMENTS,
-            Error::InvalidKey(_) => exit::INVALID_KEY,
-            Error::InvalidSessionSettings(_) => exit::INVALID_SESSION_SETTINGS,
-            Error::Consul(ConsulError::PermissionDenied { .. }) => exit::PERMISSION_DENIED,
-            Error::Consul(_) => exit::CONSUL_ERROR,
-            Error::NotAcquired { .. } => exit::NOT_ACQUIRED,
-            Error::Timeout { .. } => exit::TIMEOUT,
-            Error::LockLost { .. } => exit::LOCK_LOST,
-            Error::Interrupted { signal } => exit::from_signal(*signal),
-            Error::Io(_) => exit::INTERNAL,
         }
     }
 }

@@ -78,14 +78,11 @@ assert_eq!(manager.release_regex("deploy/.*").await?, ["deploy/a", "deploy/b"]);
 ```
 */
 
-pub mod app;
-pub mod cli;
 pub mod config;
 pub mod consul;
 pub mod devserver;
 pub mod error;
 pub mod execute;
-pub mod exit;
 pub mod key;
 pub mod lock;
 pub mod manager;

@@ -103,18 +103,17 @@ pub struct Waiting {
     pub info: Option<LockInfo>,
 }
 
-/// Called each time [`acquire`] starts waiting for a held lock (for a progress line).
-#[derive(Clone)]
-pub struct WaitObserver(pub std::sync::Arc<dyn Fn(&Waiting) + Send + Sync>);
+/// Told by [`acquire`] who holds the lock it waits for, e.g. for a progress line.
+pub trait WaitObserver: Send + Sync {
+    /// A wait for a held lock begins (again).
+    fn waiting(&self, waiting: &Waiting);
 
-impl std::fmt::Debug for WaitObserver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WaitObserver")
-    }
+    /// [`acquire`] is returning, whatever the result: time to clear a progress line.
+    fn finished(&self) {}
 }
 
 /// How to wait for a lock.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AcquireOptions {
     /// Make exactly one attempt.
     pub non_blocking: bool,
@@ -130,7 +129,21 @@ pub struct AcquireOptions {
     /// its session to live its TTL.
     pub keep_alive: bool,
     /// Told who holds the lock whenever a wait for it begins.
-    pub on_wait: Option<WaitObserver>,
+    pub on_wait: Option<std::sync::Arc<dyn WaitObserver>>,
+}
+
+impl std::fmt::Debug for AcquireOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcquireOptions")
+            .field("non_blocking", &self.non_blocking)
+            .field("timeout", &self.timeout)
+            .field("metadata", &self.metadata)
+            .field("hooks", &self.hooks)
+            .field("lock_delay_backoff_cap", &self.lock_delay_backoff_cap)
+            .field("keep_alive", &self.keep_alive)
+            .field("on_wait", &self.on_wait.as_ref().map(|_| "WaitObserver"))
+            .finish()
+    }
 }
 
 impl Default for AcquireOptions {
@@ -192,6 +205,20 @@ pub struct HeldLock {
 /// destroyed and [`AcquireError::Cancelled`] returned. Every path that does not return the lock
 /// destroys the session it created.
 pub async fn acquire(
+    client: &Client,
+    key: &str,
+    settings: &SessionSettings,
+    options: &AcquireOptions,
+    cancel: impl Future<Output = ()>,
+) -> Result<HeldLock, AcquireError> {
+    let acquired = acquire_inner(client, key, settings, options, cancel).await;
+    if let Some(observer) = &options.on_wait {
+        observer.finished();
+    }
+    acquired
+}
+
+async fn acquire_inner(
     client: &Client,
     key: &str,
     settings: &SessionSettings,
@@ -423,7 +450,7 @@ async fn attempt_loop(
                 backoff = LOCK_DELAY_BACKOFF_START;
                 if let Some(observer) = &options.on_wait {
                     let info = read.value.as_ref().and_then(|e| LockInfo::parse(&e.value));
-                    (observer.0)(&Waiting {
+                    observer.waiting(&Waiting {
                         key: key.to_owned(),
                         holder: holder.clone(),
                         info,

@@ -1,5 +1,15 @@
-//! The `consullock` binary: everything lives in the library; see `consullock::app`.
+/*!
+The `consullock` program: a client of the `consullock` library. Parse the command line, run the
+subcommand, turn the outcome into an exit code. The command-line modules live under `cli/` and
+belong to this binary; the library never sees them.
+*/
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    consullock::app::main()
+    let code = cli::run(std::env::args_os().collect());
+    // The last lines (the error that explains the code) must be seen whenever stderr is read
+    // at all; a stderr nobody reads delays the exit by at most this.
+    cli::log::flush(cli::log::EXIT_FLUSH_TIMEOUT);
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
 }

@@ -11,34 +11,59 @@ use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
 
-const AFTER_HELP: &str = "\
+use super::exit;
+
+const ENVIRONMENT_HELP: &str = "\
 Connection settings come from the environment, as for the consul CLI: CONSUL_HTTP_ADDR \
 (host[:port], http://, https://, unix://; default 127.0.0.1:8500), CONSUL_HTTP_TOKEN, \
 CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_SSL, CONSUL_HTTP_SSL_VERIFY, CONSUL_CACERT, CONSUL_CAPATH, \
 CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_TLS_SERVER_NAME, CONSUL_HTTP_AUTH, CONSUL_NAMESPACE, \
-CONSUL_PARTITION, and CONSUL_SCHEME and CONSUL_DC as consullock 4.2 reads them.
+CONSUL_PARTITION, and CONSUL_SCHEME and CONSUL_DC as consullock 4.2 reads them.";
 
-Exit codes: 0 success; 2 invalid environment; 3 invalid arguments; 4 permission denied; 5 timeout; \
-6 invalid key; 7 invalid session TTL or lock-delay; 8 Consul unreachable or error; 100 lock held \
-elsewhere; 101 lock lost (execute); 126/127 command cannot run / not found; 128+N signal N. \
-execute exits with its command's code once the command ran.";
+/// The text after `--help`: the environment, then the exit codes from [`exit::TABLE`], the same
+/// table the README shows.
+fn after_long_help() -> String {
+    let mut text = format!("{ENVIRONMENT_HELP}\n\nExit codes:\n");
+    for (code, meaning) in exit::TABLE {
+        let code = if *code == exit::SIGNAL_BASE {
+            "128+N".to_owned()
+        } else {
+            code.to_string()
+        };
+        text.push_str(&format!("  {code:>5}  {}\n", meaning.replace('`', "")));
+    }
+    text
+}
+
+/// The whole command-line model: the clap derive plus what is computed (the help's exit table).
+pub(crate) fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().after_long_help(after_long_help())
+}
+
+/// Parses `args` (program name first) with [`command`].
+pub(crate) fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    let matches = command().try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
 
 /// Run commands only while holding a Consul lock; take and release locks from shells.
 #[derive(Debug, Parser)]
-#[command(name = "consullock", version, about, after_long_help = AFTER_HELP)]
-pub struct Cli {
+#[command(name = "consullock", version, about)]
+pub(crate) struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); stdout carries only results.
     #[arg(short, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
 
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Acquire a lock, print its JSON and exit, leaving it held until `unlock` or its TTL.
     Lock(LockArgs),
     /// Release a lock (anyone's) by destroying the session that holds it.
@@ -60,23 +85,23 @@ pub enum Command {
 
 /// Options shared by `lock` and `execute`.
 #[derive(Debug, Args)]
-pub struct LockArgs {
+pub(crate) struct LockArgs {
     /// Lock key, e.g. `jobs/backup` (must not contain `//` and must be normalised).
-    pub key: String,
+    pub(crate) key: String,
 
     /// Session TTL in seconds [default: lock 86400, execute 15]
     ///
     /// 10..=86400, or 0 for no TTL. `execute` renews its session every TTL/2; `lock` leaves it
     /// to live its TTL, so the lock outlives the command that took it.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-    pub session_ttl: Option<f64>,
+    pub(crate) session_ttl: Option<f64>,
 
     /// Lock-delay in seconds [default: lock 0, execute 15]
     ///
     /// 0..=60. After the session is invalidated (not after a clean release), nobody can take
     /// the lock for this long: the time a holder that lost its lock has to stop.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-    pub lock_delay: Option<f64>,
+    pub(crate) lock_delay: Option<f64>,
 
     /// TTL-only session: no node health check can take the lock away
     ///
@@ -84,11 +109,11 @@ pub struct LockArgs {
     /// lock when the node is judged failed (liveness). A TTL-only session keeps the lock until
     /// its TTL runs out (safety).
     #[arg(long)]
-    pub ttl_only: bool,
+    pub(crate) ttl_only: bool,
 
     /// Make exactly one attempt; if the lock is held, exit 100 (or --conflict-exit-code).
     #[arg(long)]
-    pub non_blocking: bool,
+    pub(crate) non_blocking: bool,
 
     /// Give up waiting after this many seconds (0 waits for ever); exit 5.
     #[arg(
@@ -97,20 +122,20 @@ pub struct LockArgs {
         default_value_t = 0.0,
         allow_negative_numbers = true
     )]
-    pub timeout: f64,
+    pub(crate) timeout: f64,
 
     /// Metadata to store in the lock's value: JSON, or else taken as a string.
     #[arg(long, value_name = "JSON")]
-    pub metadata: Option<String>,
+    pub(crate) metadata: Option<String>,
 
     /// Executables run before each attempt, with the key as only argument (failures ignored).
     #[arg(long, value_name = "EXE", num_args = 1.., action = clap::ArgAction::Append)]
-    pub on_before_lock: Vec<OsString>,
+    pub(crate) on_before_lock: Vec<OsString>,
 
     /// Executables run after each attempt that found the lock held, with the key as only
     /// argument (failures ignored).
     #[arg(long, value_name = "EXE", num_args = 1.., action = clap::ArgAction::Append)]
-    pub on_already_locked: Vec<OsString>,
+    pub(crate) on_already_locked: Vec<OsString>,
 
     /// Compatibility with consullock 4.2's poll interval (see --help)
     ///
@@ -122,26 +147,26 @@ pub struct LockArgs {
         default_value_t = 1.0,
         allow_negative_numbers = true
     )]
-    pub interval: f64,
+    pub(crate) interval: f64,
 }
 
 /// `unlock` options.
 #[derive(Debug, Args)]
-pub struct UnlockArgs {
+pub(crate) struct UnlockArgs {
     /// Treat KEY as a regular expression and release every lock whose key fully matches it.
     #[arg(short = 'r', long = "regex")]
-    pub regex: bool,
+    pub(crate) regex: bool,
 
     /// Lock key (or regular expression with -r).
-    pub key: String,
+    pub(crate) key: String,
 }
 
 /// `execute` options.
 #[derive(Debug, Args)]
-pub struct ExecuteArgs {
+pub(crate) struct ExecuteArgs {
     /// Lock options.
     #[command(flatten)]
-    pub lock: LockArgs,
+    pub(crate) lock: LockArgs,
 
     /// Seconds between SIGTERM and SIGKILL when the command must stop (lock lost, signal).
     #[arg(
@@ -150,52 +175,51 @@ pub struct ExecuteArgs {
         default_value_t = 5.0,
         allow_negative_numbers = true
     )]
-    pub kill_grace: f64,
+    pub(crate) kill_grace: f64,
 
     /// Exit code when the lock is not acquired [default: 100, or 5 on timeout]
     ///
     /// Used for --non-blocking and --timeout, like flock's -E: 0 makes a skipped cron run a
     /// success.
     #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u8))]
-    pub conflict_exit_code: Option<u8>,
+    pub(crate) conflict_exit_code: Option<u8>,
 
     /// Exit code when the lock was lost and the command stopped.
     #[arg(long, value_name = "CODE", default_value_t = 101, value_parser = clap::value_parser!(u8))]
-    pub lock_lost_exit_code: u8,
+    pub(crate) lock_lost_exit_code: u8,
 
     /// Become a child subreaper (when not PID 1), so orphaned grandchildren are reaped here.
     #[arg(long)]
-    pub subreaper: bool,
+    pub(crate) subreaper: bool,
 
     /// The command: one string for `sh -c`, or `-- PROG ARGS...`
     ///
     /// One string runs through `sh -c` (as in consullock 4.2); after `--`, or as several
     /// arguments, the program runs directly with its arguments untouched.
     #[arg(value_name = "COMMAND", required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<OsString>,
+    pub(crate) command: Vec<OsString>,
 }
 
 /// `dev-server` options.
 #[derive(Debug, Args)]
-pub struct DevServerArgs {
+pub(crate) struct DevServerArgs {
     /// Address to listen on (port 0 picks a free port; the start-up line says which).
     #[arg(long, default_value = "127.0.0.1:8500")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
 
     /// Require this ACL token on every request (403 `Permission denied` without it).
     #[arg(long, value_name = "TOKEN")]
-    pub acl_token: Option<String>,
+    pub(crate) acl_token: Option<String>,
 
     /// Test-only: serve `/_devserver/faults` to inject HTTP faults (see `devserver::faults`).
     #[arg(long, hide = true)]
-    pub test_faults: bool,
+    pub(crate) test_faults: bool,
 }
 
 /// The man page: the program's page, then each subcommand's synopsis, description and
 /// options, all from the clap model.
-pub fn man_page() -> std::io::Result<Vec<u8>> {
-    use clap::CommandFactory;
-    let command = Cli::command();
+pub(crate) fn man_page() -> std::io::Result<Vec<u8>> {
+    let command = command();
     let mut out = Vec::new();
     clap_mangen::Man::new(command.clone()).render(&mut out)?;
     for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
@@ -210,21 +234,19 @@ pub fn man_page() -> std::io::Result<Vec<u8>> {
 }
 
 /// A completion script for `shell`.
-pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
-    use clap::CommandFactory;
+pub(crate) fn completions(shell: clap_complete::Shell) -> Vec<u8> {
     let mut out = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "consullock", &mut out);
+    clap_complete::generate(shell, &mut command(), "consullock", &mut out);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn committed_man_page_is_up_to_date() {
-        let committed = include_bytes!("../man/consullock.1");
+        let committed = include_bytes!("../../man/consullock.1");
         let current = man_page().unwrap();
         assert!(
             committed[..] == current[..],
@@ -249,12 +271,15 @@ mod tests {
 
     #[test]
     fn clap_model_is_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
     fn execute_command_forms() {
-        let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+        let parse = |args: &[&str]| match parse(args.iter().map(OsString::from).collect())
+            .unwrap()
+            .command
+        {
             Command::Execute(e) => e.command,
             _ => unreachable!(),
         };

@@ -1,6 +1,5 @@
 /*!
-The `consullock` program: parse the command line, run the subcommand, map the outcome to an exit
-code. `main.rs` only calls [`main`].
+The command line: parse, run the subcommand, map the outcome to an exit code.
 
 stdout carries only results (JSON for `lock` and `unlock`; the child's own output for `execute`);
 everything else goes to stderr.
@@ -9,36 +8,34 @@ everything else goes to stderr.
 use std::ffi::OsString;
 use std::time::Duration;
 
-use clap::Parser;
+mod args;
+mod execute;
+pub(crate) mod exit;
+pub(crate) mod log;
 
-use crate::cli::{Cli, Command, DevServerArgs, LockArgs, UnlockArgs};
-use crate::config::ConsulConfig;
-use crate::consul::Client;
-use crate::error::Error;
-use crate::exit;
-use crate::key::validate_key;
-use crate::lock::{self, AcquireOptions, Hooks};
-use crate::session::SessionSettings;
+use consullock::Error;
+use consullock::config::ConsulConfig;
+use consullock::consul::Client;
+use consullock::key::validate_key;
+use consullock::lock::{self, AcquireOptions, Hooks};
+use consullock::session::SessionSettings;
+
+use args::{Command, DevServerArgs, LockArgs, UnlockArgs};
 
 /// Session TTL bounds (seconds), as Consul and consullock 4.2 enforce them; 0 means no TTL.
-pub const SESSION_TTL_RANGE: std::ops::RangeInclusive<f64> = 10.0..=86400.0;
+const SESSION_TTL_RANGE: std::ops::RangeInclusive<f64> = 10.0..=86400.0;
 /// Lock-delay bounds (seconds): Consul applies at most 60 s.
-pub const LOCK_DELAY_RANGE: std::ops::RangeInclusive<f64> = 0.0..=60.0;
+const LOCK_DELAY_RANGE: std::ops::RangeInclusive<f64> = 0.0..=60.0;
 
 /// `lock` defaults, as in consullock 4.2: a day-long session that is not renewed, and no
 /// lock-delay so that `lock`, `unlock`, `lock` from a shell never waits.
 const LOCK_DEFAULT_TTL: f64 = 86400.0;
 const LOCK_DEFAULT_LOCK_DELAY: f64 = 0.0;
 
-/// Runs the program and returns its exit code.
-pub fn main() -> std::process::ExitCode {
-    let code = run(std::env::args_os().collect());
-    std::process::ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
-}
-
-fn run(args: Vec<OsString>) -> i32 {
+/// Runs the program with `args` (the program name first) and returns its exit code.
+pub(crate) fn run(args: Vec<OsString>) -> i32 {
     let raw_args = args.clone();
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match args::parse(args) {
         Ok(cli) => cli,
         Err(e) => {
             return match e.kind() {
@@ -49,17 +46,17 @@ fn run(args: Vec<OsString>) -> i32 {
                 // No subcommand: the help goes to stderr, and it is a usage error (exit 3, as in
                 // consullock 4.2), so a script that lost its arguments does not pass for done.
                 clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    eprint!("{}", e.render());
+                    log::raw(&e.render().to_string());
                     exit::INVALID_ARGUMENTS
                 }
                 _ => {
-                    eprintln!("consullock: {}", one_line_usage_error(&e));
+                    log::line(&format!("consullock: {}", one_line_usage_error(&e)));
                     exit::INVALID_ARGUMENTS
                 }
             };
         }
     };
-    init_logging(cli.verbose);
+    log::init(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,11 +71,11 @@ fn run(args: Vec<OsString>) -> i32 {
             Command::Execute(args) => {
                 // clap drops the `--` that marks the direct form of a single-argument command.
                 let direct = args.command.len() > 1 || raw_args.iter().any(|a| a == "--");
-                crate::execute::run(args, direct).await
+                execute::run(args, direct).await
             }
             Command::DevServer(args) => run_dev_server(args, cli.verbose).await,
-            Command::Man => print_bytes(&crate::cli::man_page()?),
-            Command::Completions { shell } => print_bytes(&crate::cli::completions(shell)),
+            Command::Man => print_bytes(&args::man_page()?),
+            Command::Completions { shell } => print_bytes(&args::completions(shell)),
         }
     });
     match result {
@@ -113,33 +110,18 @@ fn print_bytes(bytes: &[u8]) -> Result<i32, Error> {
 
 /// Prints the one-line error and returns its exit code.
 fn report(error: &Error) -> i32 {
-    eprintln!("consullock: {error}");
-    error.exit_code()
-}
-
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        2 => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(verbose >= 3)
-        .try_init();
+    log::line(&format!("consullock: {error}"));
+    exit::of_error(error)
 }
 
 /// Connection settings and client from the environment.
-pub(crate) fn client_from_env() -> Result<Client, Error> {
+fn client_from_env() -> Result<Client, Error> {
     let config = ConsulConfig::from_env()?;
     Ok(Client::new(&config)?)
 }
 
 /// Seconds given on the command line, checked against a range.
-pub(crate) fn seconds(
+fn seconds(
     name: &str,
     value: f64,
     range: &std::ops::RangeInclusive<f64>,
@@ -155,7 +137,7 @@ pub(crate) fn seconds(
 }
 
 /// Session settings from the lock options, with the subcommand's defaults.
-pub(crate) fn session_settings(
+fn session_settings(
     args: &LockArgs,
     default_ttl: f64,
     default_lock_delay: f64,
@@ -177,7 +159,7 @@ pub(crate) fn session_settings(
     )
     .map_err(|e| Error::InvalidSessionSettings(format!("invalid lock-delay: {e}")))?;
     Ok(SessionSettings {
-        name: crate::session::holder_name(&args.key),
+        name: consullock::session::holder_name(&args.key),
         ttl,
         lock_delay,
         ttl_only: args.ttl_only,
@@ -185,7 +167,7 @@ pub(crate) fn session_settings(
 }
 
 /// Acquire options from the lock options.
-pub(crate) fn acquire_options(args: &LockArgs, keep_alive: bool) -> Result<AcquireOptions, Error> {
+fn acquire_options(args: &LockArgs, keep_alive: bool) -> Result<AcquireOptions, Error> {
     let timeout =
         seconds("--timeout", args.timeout, &(0.0..=f64::MAX)).map_err(Error::InvalidArguments)?;
     let interval =
@@ -208,22 +190,23 @@ pub(crate) fn acquire_options(args: &LockArgs, keep_alive: bool) -> Result<Acqui
     })
 }
 
+/// How long clearing the waiting line may wait for the terminal.
+const HOLDER_LINE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The one stderr line that says who holds the lock we wait for, rewritten in place. Only on
 /// a terminal: in a log file, a line per wake-up would be noise.
-pub(crate) struct HolderLine;
+struct HolderLine {
+    shown: std::sync::atomic::AtomicBool,
+}
 
 impl HolderLine {
-    fn observer() -> Option<lock::WaitObserver> {
+    fn observer() -> Option<std::sync::Arc<dyn lock::WaitObserver>> {
         use std::io::IsTerminal;
-        if !std::io::stderr().is_terminal() {
-            return None;
-        }
-        Some(lock::WaitObserver(std::sync::Arc::new(
-            |waiting: &lock::Waiting| {
-                eprint!("\r\x1b[2K{}", HolderLine::text(waiting));
-                HOLDER_LINE_SHOWN.store(true, std::sync::atomic::Ordering::Relaxed);
-            },
-        )))
+        std::io::stderr().is_terminal().then(|| {
+            std::sync::Arc::new(HolderLine {
+                shown: std::sync::atomic::AtomicBool::new(false),
+            }) as std::sync::Arc<dyn lock::WaitObserver>
+        })
     }
 
     fn text(waiting: &lock::Waiting) -> String {
@@ -244,16 +227,24 @@ impl HolderLine {
         }
         text
     }
+}
 
-    /// Clears the line, if one was shown, before anything else is printed.
-    pub(crate) fn clear() {
-        if HOLDER_LINE_SHOWN.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            eprint!("\r\x1b[2K");
+impl lock::WaitObserver for HolderLine {
+    fn waiting(&self, waiting: &lock::Waiting) {
+        log::raw(&format!("\r\x1b[2K{}", HolderLine::text(waiting)));
+        self.shown.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Clears the line, if one was shown, before anything else is printed: what comes next
+    /// (the JSON on stdout, the command's output) shares the terminal, so the clear is written
+    /// before returning, within a bound (a terminal that does not take it is not waited for).
+    fn finished(&self) {
+        if self.shown.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            log::raw("\r\x1b[2K");
+            log::flush(HOLDER_LINE_FLUSH_TIMEOUT);
         }
     }
 }
-
-static HOLDER_LINE_SHOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn run_lock(args: LockArgs) -> Result<i32, Error> {
     validate_key(&args.key)?;
@@ -261,8 +252,8 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
     let options = acquire_options(&args, false)?;
     let client = client_from_env()?;
     // Handlers first: a SIGTERM during the wait must destroy our session, not kill us.
-    let mut signals = crate::supervisor::Signals::install()?;
-    let acquired = crate::execute::acquire_until_stop_request(
+    let mut signals = consullock::supervisor::Signals::install()?;
+    let acquired = consullock::execute::acquire_until_stop_request(
         &client,
         &args.key,
         &settings,
@@ -330,7 +321,7 @@ fn regex_error(pattern: &str, error: &regex::Error) -> String {
 }
 
 async fn run_dev_server(args: DevServerArgs, verbose: u8) -> Result<i32, Error> {
-    crate::devserver::run(crate::devserver::Options {
+    consullock::devserver::run(consullock::devserver::Options {
         listen: args.listen,
         acl_token: args.acl_token,
         verbose,
