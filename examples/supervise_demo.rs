@@ -13,8 +13,10 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use consullock::clock::Deadline;
 use consullock::supervisor::{
-    ChildCommand, Outcome, Signals, SupervisorOptions, become_subreaper, is_pid1, supervise,
+    ChildCommand, Outcome, Signals, SpawnFailure, SupervisorOptions, become_subreaper, is_pid1,
+    supervise,
 };
 
 fn main() -> ExitCode {
@@ -62,15 +64,17 @@ fn run() -> Result<i32, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let outcome = runtime.block_on(supervise(
-        ChildCommand::Exec {
-            program,
-            args: command.collect(),
-        },
-        &options,
-        &mut signals,
-        std::future::pending(),
-    ));
+    let outcome = runtime
+        .block_on(supervise(
+            ChildCommand::Exec {
+                program,
+                args: command.collect(),
+            },
+            &options,
+            &mut signals,
+            &Deadline::unset(),
+        ))?
+        .outcome;
     eprintln!("outcome {outcome:?} pid1 {}", is_pid1());
     if report_zombies {
         eprintln!("zombies {}", wait_for_no_zombies(Duration::from_secs(5)));
@@ -78,10 +82,14 @@ fn run() -> Result<i32, Box<dyn std::error::Error>> {
     Ok(match outcome {
         Outcome::Exited(code) => code,
         Outcome::Signaled(signal) => 128 + signal.as_raw(),
-        Outcome::SpawnFailed { code, error } => {
+        Outcome::SpawnFailed { failure, error } => {
             eprintln!("supervise_demo: {error}");
-            code
+            match failure {
+                SpawnFailure::NotFound => 127,
+                SpawnFailure::CannotExecute => 126,
+            }
         }
+        Outcome::NotStarted { signal } => 128 + signal.as_raw(),
         Outcome::LockLost { .. } => 101,
     })
 }

@@ -6,7 +6,7 @@ the command line's business (`src/cli/exit.rs`), not the library's.
 use crate::config::ConfigError;
 use crate::consul::ConsulError;
 use crate::key::InvalidKey;
-use crate::lock::AcquireError;
+use crate::lock::{AcquireError, Refusal, ReleaseError};
 use crate::session::LossReason;
 
 /// Everything that can go wrong in consullock.
@@ -24,15 +24,35 @@ pub enum Error {
     /// An invalid session TTL or lock-delay.
     #[error("{0}")]
     InvalidSessionSettings(String),
+    /// Settings under which the lock cannot be kept safely (the kill grace does not fit before
+    /// another holder could get the lock, or renewals cannot keep up): the message says which
+    /// setting to change.
+    #[error("unsafe settings: {0}")]
+    UnsafeSettings(String),
     /// Consul failed.
     #[error("{}", consul_message(.0))]
     Consul(#[from] ConsulError),
-    /// The lock is held elsewhere and only one attempt was allowed.
-    #[error("unable to acquire lock: {key} (held by another session)")]
+    /// The lock was not granted and only one attempt was allowed.
+    #[error("unable to acquire lock: {key} ({refusal})")]
     NotAcquired {
         /// The key.
         key: String,
+        /// Why: held by another session, or under a lock-delay.
+        refusal: Refusal,
     },
+    /// The key holds data that is not a consullock lock: it was left untouched.
+    #[error(
+        "refusing to lock {key}: it holds data that is not a consullock lock ({what}); choose another key"
+    )]
+    NotALock {
+        /// The key.
+        key: String,
+        /// What it holds.
+        what: String,
+    },
+    /// The lock could not be released; it stays held until its session ends.
+    #[error(transparent)]
+    NotReleased(Box<ReleaseError>),
     /// The wait for the lock timed out.
     #[error("timed out after {:.1}s waiting for the lock {key}", .waited.as_secs_f64())]
     Timeout {
@@ -70,10 +90,17 @@ fn consul_message(error: &ConsulError) -> String {
     }
 }
 
+impl From<ReleaseError> for Error {
+    fn from(error: ReleaseError) -> Error {
+        Error::NotReleased(Box::new(error))
+    }
+}
+
 impl From<AcquireError> for Error {
     fn from(error: AcquireError) -> Error {
         match error {
-            AcquireError::NotAcquired { key } => Error::NotAcquired { key },
+            AcquireError::NotAcquired { key, refusal } => Error::NotAcquired { key, refusal },
+            AcquireError::NotALock { key, what } => Error::NotALock { key, what },
             AcquireError::TimedOut { key, waited } => Error::Timeout { key, waited },
             // The caller that cancelled knows which signal did it and reports that instead.
             AcquireError::Cancelled { .. } => Error::Interrupted { signal: 0 },

@@ -12,7 +12,8 @@ The order of events is the safety argument, so it is spelled out:
    holder could possibly be granted the lock;
 4. on loss the command's process group gets SIGTERM, then SIGKILL after `kill_grace`;
 5. when the command is done (its whole group gone), the lock is released with `?release` (no
-   lock-delay for the next holder), the key deleted if unchanged, the session destroyed.
+   lock-delay for the next holder), the key deleted if unchanged, the session destroyed; a
+   release that fails or is interrupted says so, and until when the lock stays held.
 */
 
 use std::ffi::OsString;
@@ -21,14 +22,9 @@ use std::time::Duration;
 use crate::consul::Client;
 use crate::error::Error;
 use crate::key::validate_key;
-use crate::lock::{self, AcquireOptions, HeldLock};
-use crate::session::{ContactWindow, LossReason, SessionSettings, contact_window, wait_lost};
+use crate::lock::{self, AcquireOptions, HeldLock, ReleaseError};
+use crate::session::{ContactWindow, LossReason, SessionSettings, contact_window};
 use crate::supervisor::{self, ChildCommand, Outcome, Signal, Signals, SupervisorOptions};
-
-/// Session TTL of `execute` when `--session-ttl` is not given (renewed every TTL/2).
-pub const DEFAULT_TTL: f64 = 15.0;
-/// Lock-delay of `execute` when `--lock-delay` is not given: Consul's own default.
-pub const DEFAULT_LOCK_DELAY: f64 = 15.0;
 
 /// How `execute` holds its lock.
 #[derive(Debug, Clone)]
@@ -45,7 +41,10 @@ impl ExecuteSettings {
     /// The contact window these settings give, or why they are unsafe (see
     /// [`contact_window`]).
     pub fn contact_window(&self) -> Result<ContactWindow, Error> {
-        contact_window(&self.session, self.kill_grace).map_err(Error::InvalidArguments)
+        self.session
+            .validate()
+            .map_err(Error::InvalidSessionSettings)?;
+        contact_window(&self.session, self.kill_grace).map_err(Error::UnsafeSettings)
     }
 }
 
@@ -58,12 +57,19 @@ pub struct Executed {
     pub loss: Option<LossReason>,
     /// The fencing token the command was given.
     pub fencing_token: u64,
+    /// Processes of the command that SIGKILL did not end (normally none).
+    pub survivors: Vec<i32>,
+    /// Whether the lock was released at the end; when not, the error says until when it stays
+    /// held.
+    pub release: Result<(), ReleaseError>,
 }
 
 /// Acquires the lock on `key`, runs `command` while it is held, stops the command if the lock is
 /// lost, then releases the lock. `signals` must have been created before anything else (see
 /// [`Signals::install`]); a stop request (TERM, INT, HUP, QUIT) while waiting ends the wait with
-/// [`Error::Interrupted`].
+/// [`Error::Interrupted`], one that arrives after the lock is taken but before the command
+/// starts keeps it from starting ([`Outcome::NotStarted`]), and one during the final release
+/// ends the release at once (the lock then stays held until its session ends by itself).
 pub async fn execute_locked(
     client: &Client,
     key: &str,
@@ -72,41 +78,43 @@ pub async fn execute_locked(
     signals: &mut Signals,
 ) -> Result<Executed, Error> {
     validate_key(key)?;
-    let window = settings.contact_window()?;
+    settings.contact_window()?;
     let mut held =
         acquire_until_stop_request(client, key, &settings.session, &settings.acquire, signals)
             .await?;
-
-    held.watch(window);
-    let env = child_environment(&held);
-    let loss = held.loss_receiver();
-    let lost_reason = std::cell::RefCell::new(None::<LossReason>);
-    let lost = async {
-        let reason = wait_lost(loss).await;
-        *lost_reason.borrow_mut() = Some(reason);
+    let deadline = match held.watch(settings.kill_grace) {
+        Ok(deadline) => deadline,
+        Err(e) => {
+            let _ = held.release(std::future::pending()).await;
+            return Err(Error::UnsafeSettings(e));
+        }
     };
     let options = SupervisorOptions {
         kill_grace: settings.kill_grace,
-        env,
+        env: child_environment(&held),
     };
-    let outcome = supervisor::supervise(command, &options, signals, lost).await;
+    let supervised = supervisor::supervise(command, &options, signals, &deadline).await;
     let fencing_token = held.fencing_token();
-    let loss = lost_reason.into_inner();
+    let loss = held.loss();
     // After a loss the key is gone or someone else's, or Consul is out of reach: a release
     // would only answer `false` or hang for its deadline. Destroying the session is all that is
     // left to do (it is a no-op when Consul already invalidated it).
-    let cleanup = if loss.is_some() {
-        held.abandon().await
-    } else {
-        held.release().await
+    let stop = async {
+        let signal = wait_for_stop_request(signals).await;
+        tracing::debug!("{signal} received: the release ends now");
     };
-    if let Err(e) = cleanup {
-        tracing::warn!("releasing the lock on {key} failed: {e}");
-    }
+    let release = if loss.is_some() {
+        held.abandon(stop).await
+    } else {
+        held.release(stop).await
+    };
+    let supervised = supervised?;
     Ok(Executed {
-        outcome,
+        outcome: supervised.outcome,
         loss,
         fencing_token,
+        survivors: supervised.survivors,
+        release,
     })
 }
 
@@ -138,7 +146,7 @@ pub async fn acquire_until_stop_request(
 async fn wait_for_stop_request(signals: &mut Signals) -> Signal {
     loop {
         let signal = signals.recv().await;
-        if [Signal::TERM, Signal::INT, Signal::HUP, Signal::QUIT].contains(&signal) {
+        if signal.ends_a_wait() {
             return signal;
         }
         tracing::debug!("ignoring {signal} while waiting for the lock");

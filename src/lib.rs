@@ -78,6 +78,7 @@ assert_eq!(manager.release_regex("deploy/.*").await?, ["deploy/a", "deploy/b"]);
 ```
 */
 
+pub mod clock;
 pub mod config;
 pub mod consul;
 pub mod devserver;

@@ -15,12 +15,8 @@ use crate::lock::{self, AcquireOptions, FoundLock, HeldLock, LockInfo};
 use crate::session::{LossReason, SessionSettings};
 use crate::supervisor::{ChildCommand, Signals};
 
-/// Default session TTL of a [`LockManager`]: renewed every TTL/2 while a guard lives.
-pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15);
-/// Default lock-delay of a [`LockManager`] (Consul's own default).
-pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
-/// Default kill grace of [`LockManager::execute`].
-pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+pub use crate::session::{DEFAULT_LOCK_DELAY, DEFAULT_SESSION_TTL};
+pub use crate::supervisor::DEFAULT_KILL_GRACE;
 
 /// Takes, finds and releases locks in one Consul.
 ///
@@ -70,7 +66,9 @@ impl LockManager {
         LockManager::new(&ConsulConfig::for_address(address)?)
     }
 
-    /// Sets the session TTL (`None`: no TTL; the session then lives until released).
+    /// Sets the session TTL (`None`: no TTL; the session then lives until released). Consul
+    /// accepts 10 s to 24 h: anything else makes `acquire` and `execute` fail with
+    /// [`Error::InvalidSessionSettings`].
     pub fn with_session_ttl(mut self, ttl: Option<Duration>) -> LockManager {
         self.session_ttl = ttl;
         self
@@ -99,13 +97,15 @@ impl LockManager {
         &self.client
     }
 
-    fn session_settings(&self, key: &str) -> SessionSettings {
-        SessionSettings {
-            name: crate::session::holder_name(key),
-            ttl: self.session_ttl,
-            lock_delay: self.lock_delay,
-            ttl_only: self.ttl_only,
-        }
+    /// The session settings for `key`, checked against Consul's bounds.
+    fn session_settings(&self, key: &str) -> Result<SessionSettings, Error> {
+        SessionSettings::new(
+            crate::session::holder_name(key),
+            self.session_ttl,
+            self.lock_delay,
+            self.ttl_only,
+        )
+        .map_err(Error::InvalidSessionSettings)
     }
 
     /// Acquires the lock on `key`: blocking (the default), non-blocking or with a timeout, with
@@ -131,11 +131,13 @@ impl LockManager {
             keep_alive: true,
             ..options
         };
-        let settings = self.session_settings(key);
-        let window = crate::session::contact_window(&settings, Duration::ZERO)
-            .map_err(Error::InvalidSessionSettings)?;
+        let settings = self.session_settings(key)?;
+        crate::session::contact_window(&settings, Duration::ZERO).map_err(Error::UnsafeSettings)?;
         let mut held = lock::acquire(&self.client, key, &settings, &options, cancel).await?;
-        held.watch(window);
+        if let Err(e) = held.watch(Duration::ZERO) {
+            let _ = held.release(std::future::pending()).await;
+            return Err(Error::UnsafeSettings(e));
+        }
         Ok(LockGuard { held: Some(held) })
     }
 
@@ -149,7 +151,7 @@ impl LockManager {
         options: AcquireOptions,
     ) -> Result<Executed, Error> {
         let settings = ExecuteSettings {
-            session: self.session_settings(key),
+            session: self.session_settings(key)?,
             acquire: AcquireOptions {
                 keep_alive: true,
                 ..options
@@ -171,10 +173,12 @@ impl LockManager {
         Ok(lock::find_regex(&self.client, &compile(pattern)?).await?)
     }
 
-    /// Releases anyone's lock on `key` by destroying its session; whether there was one.
+    /// Releases anyone's lock on `key` by destroying its session; whether there was one. A key
+    /// whose value is not a consullock lock is left alone (false): its session may be another
+    /// program's.
     pub async fn release(&self, key: &str) -> Result<bool, Error> {
         validate_key(key)?;
-        Ok(lock::unlock(&self.client, key).await?)
+        Ok(lock::unlock(&self.client, key, false).await? == lock::Unlocked::Released)
     }
 
     /// Releases the locks on `keys`; returns those that were held, sorted.
@@ -189,9 +193,12 @@ impl LockManager {
         Ok(released)
     }
 
-    /// Releases every lock whose key fully matches `pattern`; returns their keys, sorted.
+    /// Releases every lock whose key fully matches `pattern`; returns their keys, sorted. Keys
+    /// whose value is not a consullock lock are left alone.
     pub async fn release_regex(&self, pattern: &str) -> Result<Vec<String>, Error> {
-        Ok(lock::unlock_regex(&self.client, &compile(pattern)?).await?)
+        Ok(lock::unlock_regex(&self.client, &compile(pattern)?, false)
+            .await?
+            .released)
     }
 }
 
@@ -243,7 +250,7 @@ impl LockGuard {
     /// the session is destroyed.
     pub async fn release(mut self) -> Result<(), Error> {
         match self.held.take() {
-            Some(held) => Ok(held.release().await?),
+            Some(held) => Ok(held.release(std::future::pending()).await?),
             None => Ok(()),
         }
     }
@@ -255,7 +262,7 @@ impl Drop for LockGuard {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move {
-                if let Err(e) = held.release().await {
+                if let Err(e) = held.release(std::future::pending()).await {
                     tracing::warn!("releasing a dropped lock failed: {e}");
                 }
             });

@@ -13,7 +13,11 @@ owner still believes it holds the lock. This module therefore reports loss *pess
   child could be stopped. The two are kept apart because only a renew pushes the TTL back: reads
   that keep succeeding while renewals fail must not keep a TTL-only session alive.
 
-Loss is published on a [`tokio::sync::watch`] channel, so any number of tasks can wait on it.
+Both clocks are on `CLOCK_BOOTTIME` ([`crate::clock`]), which keeps counting while the machine is
+suspended, as Consul's servers do. The moment the window runs out is kept in a [`Deadline`] that
+the supervisor's kill switch watches from a thread of its own; a loss seen on the wire sets it to
+"now". Loss is also published on a [`tokio::sync::watch`] channel, so any number of tasks can wait
+on it.
 */
 
 use std::sync::{Arc, Mutex};
@@ -21,8 +25,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
+use crate::clock::{self, Deadline};
 use crate::consul::{Behavior, Client, ConsulError, SessionRequest};
 
 /// Consul caps the lock-delay it applies at 60 s, whatever the session asked for.
@@ -42,6 +46,10 @@ pub const MAX_RENEW_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of the destroy request made on the way out.
 pub const DESTROY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Consul's servers end a session this many TTLs after its last renewal at the latest
+/// (`SessionTTLMultiplier`); the TTL itself is the earliest.
+pub const SESSION_TTL_MULTIPLIER: u32 = 2;
+
 /// This machine's host name, for lock values and session names (`None` when unreadable).
 pub fn hostname() -> Option<String> {
     nix::unistd::gethostname()
@@ -55,6 +63,18 @@ pub fn holder_name(key: &str) -> String {
     format!("consullock {key} on {host} (pid {})", std::process::id())
 }
 
+/// Shortest session TTL Consul accepts (its servers' default `session_ttl_min`).
+pub const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
+
+/// Longest session TTL Consul accepts (`SessionTTLMax`).
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(86400);
+
+/// Session TTL of `execute` and of the library when none is given (renewed every TTL/2).
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15);
+
+/// Lock-delay of `execute` and of the library when none is given: Consul's own default.
+pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
+
 /// How a session is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSettings {
@@ -66,6 +86,46 @@ pub struct SessionSettings {
     pub lock_delay: Duration,
     /// A TTL-only session: no node health check can invalidate it (safety over liveness).
     pub ttl_only: bool,
+}
+
+impl SessionSettings {
+    /// Settings checked against Consul's bounds: a TTL of 10 s to 24 h (or none), a lock-delay
+    /// of at most 60 s. Consul would refuse a TTL outside them, and a zero TTL means "no TTL" to
+    /// it, which a clock computed for a TTL must never meet.
+    pub fn new(
+        name: String,
+        ttl: Option<Duration>,
+        lock_delay: Duration,
+        ttl_only: bool,
+    ) -> Result<SessionSettings, String> {
+        let settings = SessionSettings {
+            name,
+            ttl,
+            lock_delay,
+            ttl_only,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the bounds [`SessionSettings::new`] checks, for settings built field by field.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(ttl) = self.ttl
+            && !(MIN_SESSION_TTL..=MAX_SESSION_TTL).contains(&ttl)
+        {
+            return Err(format!(
+                "invalid session TTL {ttl:?}: it must be between {MIN_SESSION_TTL:?} and \
+                 {MAX_SESSION_TTL:?}, or none"
+            ));
+        }
+        if self.lock_delay > MAX_LOCK_DELAY {
+            return Err(format!(
+                "invalid lock-delay {:?}: it must be at most {MAX_LOCK_DELAY:?}",
+                self.lock_delay
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Why a session or the lock it holds is no longer ours.
@@ -124,31 +184,51 @@ impl ContactWindow {
 }
 
 /// The [`ContactWindow`] of a session with `settings` whose holder needs `kill_grace` to stop
-/// its child, keeping [`SAFETY_MARGIN`] in hand. Returns an error when the grace and the margin
-/// do not fit in a bound.
+/// its child, keeping [`SAFETY_MARGIN`] in hand. Returns an error, naming what to change, when
+/// the grace and the margin do not fit in a bound, or when the renewals (every TTL/2) cannot
+/// keep the lock within its window on a healthy Consul: such settings could only end in a false
+/// "lock lost".
 pub fn contact_window(
     settings: &SessionSettings,
     kill_grace: Duration,
 ) -> Result<ContactWindow, String> {
     let lock_delay = settings.lock_delay.min(MAX_LOCK_DELAY);
     let needed = kill_grace + SAFETY_MARGIN;
-    let fit = |bound: Duration| {
+    let fit = |bound: Duration, what: &str, change: &str| {
         if bound <= needed {
             Err(format!(
-                "kill grace {kill_grace:?} plus a {SAFETY_MARGIN:?} margin does not fit before \
-                 another holder could get the lock ({bound:?} after the last news from consul): \
-                 lower --kill-grace or raise --session-ttl / --lock-delay"
+                "the kill grace ({kill_grace:?}) plus a {SAFETY_MARGIN:?} margin does not fit before                  another holder could get the lock ({bound:?} after {what}): {change}"
             ))
         } else {
             Ok(bound - needed)
         }
     };
     let since_renew = match settings.ttl.filter(|t| !t.is_zero()) {
-        Some(ttl) => Some(fit(ttl + lock_delay)?),
+        Some(ttl) => {
+            let window = fit(
+                ttl + lock_delay,
+                "the last renewal",
+                "lower --kill-grace, or raise --session-ttl or --lock-delay",
+            )?;
+            // A renewal is sent TTL/2 after the last one; one failed renewal is retried after
+            // RETRY_INTERVAL. Both must fit, or a healthy lock is declared lost.
+            let renewal = ttl / 2 + RETRY_INTERVAL;
+            if window < renewal {
+                return Err(format!(
+                    "the session is renewed every {:?} (TTL/2), but with this kill grace and                      lock-delay the lock counts as lost {window:?} after a renewal, which leaves                      no room for one failed renewal: raise --session-ttl or --lock-delay, or                      lower --kill-grace",
+                    ttl / 2
+                ));
+            }
+            Some(window)
+        }
         None => None,
     };
     let since_confirmation = if !settings.ttl_only && !lock_delay.is_zero() {
-        Some(fit(lock_delay)?)
+        Some(fit(
+            lock_delay,
+            "a node check could invalidate the session",
+            "lower --kill-grace, raise --lock-delay, or use --ttl-only",
+        )?)
     } else {
         None
     };
@@ -158,14 +238,35 @@ pub fn contact_window(
     })
 }
 
+/// Why settings that [`contact_window`] accepts can still let another holder in while the
+/// command is being stopped, if any: a session destroyed by force (`consullock unlock`, or a
+/// failed node check) frees the lock after its lock-delay, and the command may need up to
+/// `kill_grace` plus the margin to stop once the loss is seen.
+pub fn forced_release_risk(settings: &SessionSettings, kill_grace: Duration) -> Option<String> {
+    let lock_delay = settings.lock_delay.min(MAX_LOCK_DELAY);
+    let needed = kill_grace + SAFETY_MARGIN;
+    if lock_delay >= needed {
+        return None;
+    }
+    let how = if settings.ttl_only {
+        "an unlock by force (consullock unlock)"
+    } else {
+        "an unlock by force (consullock unlock) or a failed node check"
+    };
+    Some(format!(
+        "the lock-delay ({lock_delay:?}) is shorter than the kill grace plus a {SAFETY_MARGIN:?}          margin ({needed:?}): after {how}, another holder can get the lock while the command is          still being stopped; use --lock-delay {} or more, or a shorter --kill-grace",
+        needed.as_secs_f64()
+    ))
+}
+
 /// A live Consul session. Destroy it with [`Session::destroy`]; dropping it does not.
 #[derive(Debug)]
 pub struct Session {
     client: Client,
     id: String,
     settings: SessionSettings,
-    /// When the create request was sent: the first confirmation.
-    created_at: Instant,
+    /// When the create request was sent ([`clock::now`]): the first confirmation.
+    created_at: Duration,
 }
 
 impl Session {
@@ -182,7 +283,7 @@ impl Session {
             behavior: Behavior::Delete,
             node_checks: settings.ttl_only.then(Vec::new),
         };
-        let created_at = Instant::now();
+        let created_at = clock::now();
         let id = client.session_create(&request).await?;
         tracing::debug!(session = %id, name = %settings.name, "session created");
         Ok(Session {
@@ -208,10 +309,20 @@ impl Session {
         &self.client
     }
 
+    /// When the create request was sent ([`clock::now`]).
+    pub fn created_at(&self) -> Duration {
+        self.created_at
+    }
+
     /// Destroys the session (idempotent on Consul's side). Keys it holds are deleted and get its
     /// lock-delay, so release them first for a clean hand-over.
     pub async fn destroy(&self) -> Result<(), ConsulError> {
-        let result = self.client.session_destroy(&self.id, DESTROY_TIMEOUT).await;
+        self.destroy_with_timeout(DESTROY_TIMEOUT).await
+    }
+
+    /// [`Session::destroy`] giving up after `timeout`.
+    pub async fn destroy_with_timeout(&self, timeout: Duration) -> Result<(), ConsulError> {
+        let result = self.client.session_destroy(&self.id, timeout).await;
         match &result {
             Ok(()) => tracing::debug!(session = %self.id, "session destroyed"),
             Err(e) => tracing::warn!(session = %self.id, "could not destroy the session: {e}"),
@@ -222,7 +333,7 @@ impl Session {
     /// Starts renewing the session in the background every TTL/2 (nothing to do without a TTL).
     /// The returned [`Liveness`] reports loss; dropping it stops the renewals.
     pub fn keep_alive(&self) -> Liveness {
-        let liveness = Liveness::new(self.created_at);
+        let liveness = Liveness::new(self.created_at, self.settings.clone());
         if let Some(ttl) = self.settings.ttl.filter(|t| !t.is_zero()) {
             let task = tokio::spawn(renew_loop(
                 self.client.clone(),
@@ -239,44 +350,104 @@ impl Session {
 /// Shared between the tasks that watch one session.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// (last renew or creation, last confirmation of any kind), as request send times.
-    news: Mutex<(Instant, Instant)>,
+    news: Mutex<News>,
     lost: watch::Sender<Option<LossReason>>,
+    /// When the contact window runs out, given the news so far; "now" once the lock is lost.
+    deadline: Deadline,
 }
 
-impl Shared {
-    fn news(&self) -> std::sync::MutexGuard<'_, (Instant, Instant)> {
-        self.news.lock().unwrap_or_else(|e| e.into_inner())
-    }
+#[derive(Debug)]
+struct News {
+    /// Last successful renew, or the creation ([`clock::now`] when the request was sent).
+    renewed: Duration,
+    /// Last confirmation of any kind (a renew, the acquisition, a read showing the lock ours).
+    confirmed: Duration,
+    /// The session as Consul last described it: its TTL and lock-delay decide the window.
+    settings: SessionSettings,
+    /// The time the holder needs to stop its work, once a window is enforced.
+    kill_grace: Option<Duration>,
+    /// The window from `settings` and `kill_grace`.
+    window: Option<ContactWindow>,
+}
 
-    /// Records that the session (and lock) were known good when a request sent at `sent_at`
-    /// succeeded.
-    pub(crate) fn confirm(&self, sent_at: Instant) {
-        let mut news = self.news();
-        news.1 = news.1.max(sent_at);
-    }
-
-    /// Records a successful renew sent at `sent_at`: the TTL starts again, and the session is
-    /// confirmed.
-    pub(crate) fn renewed(&self, sent_at: Instant) {
-        let mut news = self.news();
-        news.0 = news.0.max(sent_at);
-        news.1 = news.1.max(sent_at);
-    }
-
-    /// When `window` runs out, given the news so far.
-    fn deadline(&self, window: &ContactWindow) -> Option<Instant> {
-        let (renewed, confirmed) = *self.news();
-        let by_renew = window.since_renew.map(|w| renewed + w);
-        let by_confirmation = window.since_confirmation.map(|w| confirmed + w);
+impl News {
+    fn deadline(&self) -> Option<Duration> {
+        let window = self.window?;
+        let by_renew = window.since_renew.map(|w| self.renewed + w);
+        let by_confirmation = window.since_confirmation.map(|w| self.confirmed + w);
         match (by_renew, by_confirmation) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
+}
 
-    /// Publishes a loss; the first reason wins.
+impl Shared {
+    fn news(&self) -> std::sync::MutexGuard<'_, News> {
+        self.news.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Recomputes the deadline after news; call with the news lock released.
+    fn publish_deadline(&self) {
+        if self.is_lost() {
+            return;
+        }
+        let at = self.news().deadline();
+        self.deadline.set(at);
+    }
+
+    /// Records that the session (and lock) were known good when a request sent at `sent_at`
+    /// ([`clock::now`]) succeeded.
+    pub(crate) fn confirm(&self, sent_at: Duration) {
+        {
+            let mut news = self.news();
+            news.confirmed = news.confirmed.max(sent_at);
+        }
+        self.publish_deadline();
+    }
+
+    /// Records a successful renew sent at `sent_at`: the TTL starts again, and the session is
+    /// confirmed. `answer` is the session as the renew described it: Consul may answer a longer
+    /// TTL (asking for slower renewals), and the window must follow what the server applies.
+    pub(crate) fn renewed(&self, sent_at: Duration, answer: Option<(Option<Duration>, Duration)>) {
+        let mut refused = None;
+        {
+            let mut news = self.news();
+            news.renewed = news.renewed.max(sent_at);
+            news.confirmed = news.confirmed.max(sent_at);
+            if let Some((ttl, lock_delay)) = answer {
+                let changed = ttl != news.settings.ttl || lock_delay != news.settings.lock_delay;
+                news.settings.ttl = ttl;
+                news.settings.lock_delay = lock_delay;
+                if changed && let Some(grace) = news.kill_grace {
+                    match contact_window(&news.settings, grace) {
+                        Ok(window) => news.window = Some(window),
+                        Err(e) => refused = Some(e),
+                    }
+                }
+            }
+        }
+        if let Some(e) = refused {
+            tracing::warn!(
+                "consul changed the session so that the lock cannot be kept safely: {e}"
+            );
+            self.declare_lost(LossReason::NoContact {
+                silent_for: Duration::ZERO,
+                window: Duration::ZERO,
+            });
+            return;
+        }
+        self.publish_deadline();
+    }
+
+    /// The TTL the server applies, as last answered (the requested one until a renew says).
+    fn ttl(&self) -> Option<Duration> {
+        self.news().settings.ttl
+    }
+
+    /// Publishes a loss; the first reason wins. The deadline passes at once.
     pub(crate) fn declare_lost(&self, reason: LossReason) {
+        self.deadline.expire();
         self.lost.send_if_modified(|current| {
             if current.is_some() {
                 return false;
@@ -301,12 +472,19 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    fn new(confirmed_at: Instant) -> Liveness {
+    fn new(confirmed_at: Duration, settings: SessionSettings) -> Liveness {
         let (lost, _) = watch::channel(None);
         Liveness {
             shared: Arc::new(Shared {
-                news: Mutex::new((confirmed_at, confirmed_at)),
+                news: Mutex::new(News {
+                    renewed: confirmed_at,
+                    confirmed: confirmed_at,
+                    settings,
+                    kill_grace: None,
+                    window: None,
+                }),
                 lost,
+                deadline: Deadline::unset(),
             }),
             tasks: Mutex::new(Vec::new()),
         }
@@ -319,10 +497,36 @@ impl Liveness {
             .push(task);
     }
 
-    /// Declares the lock lost once `window` runs out without news.
-    pub fn enforce_contact_window(&self, window: ContactWindow) {
-        let task = tokio::spawn(watchdog(self.shared.clone(), window));
-        self.push_task(task);
+    /// Declares the lock lost once the contact window for a holder that needs `kill_grace` to
+    /// stop runs out without news (see [`contact_window`]), and keeps [`Liveness::deadline`] on
+    /// it. Fails when the settings leave no such window.
+    pub fn enforce_contact_window(&self, kill_grace: Duration) -> Result<ContactWindow, String> {
+        let window = {
+            let mut news = self.shared.news();
+            let window = contact_window(&news.settings, kill_grace)?;
+            news.kill_grace = Some(kill_grace);
+            news.window = Some(window);
+            window
+        };
+        self.shared.publish_deadline();
+        if !window.is_unbounded() {
+            let task = tokio::spawn(watchdog(self.shared.clone()));
+            self.push_task(task);
+        }
+        Ok(window)
+    }
+
+    /// The moment (on [`clock::now`]'s clock) after which the lock may be someone else's: unset
+    /// while no window is enforced or nothing bounds it, passed once the lock is lost.
+    pub fn deadline(&self) -> Deadline {
+        self.shared.deadline.clone()
+    }
+
+    /// When the session was last renewed (or created), on [`clock::now`]'s clock, and the TTL
+    /// the server applies.
+    pub fn last_renewal(&self) -> (Duration, Option<Duration>) {
+        let news = self.shared.news();
+        (news.renewed, news.settings.ttl)
     }
 
     /// A receiver that sees `Some(reason)` once the session or lock is lost.
@@ -375,22 +579,28 @@ pub async fn wait_lost(mut receiver: watch::Receiver<Option<LossReason>>) -> Los
     }
 }
 
+/// How far the renew loop may oversleep its next renewal: tokio's timers run on
+/// `CLOCK_MONOTONIC`, so after a suspend a renewal that is due is noticed within this.
+const RENEW_CLOCK_CHECK: Duration = Duration::from_secs(1);
+
 async fn renew_loop(client: Client, id: String, ttl: Duration, shared: Arc<Shared>) {
-    let timeout = (ttl / 3).min(MAX_RENEW_TIMEOUT);
-    let mut interval = ttl / 2;
-    let mut next = Instant::now() + interval;
+    let mut ttl = ttl;
+    let mut next = clock::now() + ttl / 2;
     loop {
-        tokio::time::sleep_until(next).await;
-        let sent_at = Instant::now();
+        while clock::now() < next {
+            tokio::time::sleep((next - clock::now()).min(RENEW_CLOCK_CHECK)).await;
+        }
+        let timeout = (ttl / 3).min(MAX_RENEW_TIMEOUT);
+        let sent_at = clock::now();
         match client.session_renew(&id, timeout).await {
             Ok(entry) => {
-                shared.renewed(sent_at);
+                let answered_ttl = parse_go_duration(&entry.ttl).filter(|t| !t.is_zero());
+                let answered_delay = Duration::from_nanos(entry.lock_delay_ns);
+                shared.renewed(sent_at, Some((answered_ttl, answered_delay)));
                 // The server may answer a longer TTL to ask for slower renewals.
-                if let Some(server_ttl) = parse_go_duration(&entry.ttl).filter(|t| *t >= ttl) {
-                    interval = server_ttl / 2;
-                }
+                ttl = shared.ttl().unwrap_or(ttl);
                 tracing::trace!(session = %id, "session renewed");
-                next = sent_at + interval;
+                next = sent_at + ttl / 2;
             }
             Err(ConsulError::NotFound { .. }) => {
                 shared.declare_lost(LossReason::SessionInvalidated);
@@ -398,35 +608,57 @@ async fn renew_loop(client: Client, id: String, ttl: Duration, shared: Arc<Share
             }
             Err(e) => {
                 tracing::warn!(session = %id, "renew failed, retrying in {RETRY_INTERVAL:?}: {e}");
-                next = Instant::now() + RETRY_INTERVAL;
+                next = clock::now() + RETRY_INTERVAL;
             }
         }
     }
 }
 
-async fn watchdog(shared: Arc<Shared>, window: ContactWindow) {
+/// How often the watchdog reads the clock when nothing wakes it: tokio's timers do not count a
+/// suspend, the clock does.
+const WATCHDOG_CLOCK_CHECK: Duration = Duration::from_millis(250);
+
+/// Publishes [`LossReason::NoContact`] when the deadline passes, for those who wait on the loss
+/// channel (the supervisor's kill switch watches the deadline itself).
+async fn watchdog(shared: Arc<Shared>) {
     loop {
-        let Some(deadline) = shared.deadline(&window) else {
+        if shared.is_lost() || shared.declare_if_past_deadline() {
             return;
-        };
-        let now = Instant::now();
-        if now < deadline {
-            tokio::time::sleep_until(deadline).await;
-            continue;
         }
-        let (renewed, confirmed) = *shared.news();
-        // Report the bound that ran out.
-        let (since, limit) = match (window.since_renew, window.since_confirmation) {
-            (Some(r), _) if renewed + r <= now => (renewed, r),
-            (_, Some(c)) => (confirmed, c),
-            (Some(r), None) => (renewed, r),
-            (None, None) => return,
+        let now = clock::now();
+        let sleep = match shared.deadline.at() {
+            Some(at) => at.saturating_sub(now).min(WATCHDOG_CLOCK_CHECK),
+            None => WATCHDOG_CLOCK_CHECK,
         };
-        shared.declare_lost(LossReason::NoContact {
-            silent_for: now - since,
+        tokio::time::sleep(sleep.max(Duration::from_millis(1))).await;
+    }
+}
+
+impl Shared {
+    /// If the contact window has run out, publishes [`LossReason::NoContact`] for the bound that
+    /// ran out, and says so.
+    pub(crate) fn declare_if_past_deadline(&self) -> bool {
+        let now = clock::now();
+        if self.deadline.at().is_none_or(|at| now < at) {
+            return false;
+        }
+        let bound = {
+            let news = self.news();
+            news.window.and_then(
+                |window| match (window.since_renew, window.since_confirmation) {
+                    (Some(r), _) if news.renewed + r <= now => Some((news.renewed, r)),
+                    (_, Some(c)) => Some((news.confirmed, c)),
+                    (Some(r), None) => Some((news.renewed, r)),
+                    (None, None) => None,
+                },
+            )
+        };
+        let (since, limit) = bound.unwrap_or((now, Duration::ZERO));
+        self.declare_lost(LossReason::NoContact {
+            silent_for: now.saturating_sub(since),
             window: limit,
         });
-        return;
+        true
     }
 }
 
@@ -536,53 +768,105 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn watchdog_declares_loss_after_the_window_without_confirmation() {
-        let liveness = Liveness::new(Instant::now());
-        liveness.enforce_contact_window(window(None, Some(9)));
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        liveness.shared.confirm(Instant::now());
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        assert_eq!(
-            liveness.loss(),
-            None,
-            "a confirmation 8 s ago is within the window"
-        );
-        let reason = liveness.lost().await;
-        assert!(matches!(reason, LossReason::NoContact { .. }), "{reason:?}");
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn reads_do_not_stand_in_for_renewals() {
-        // A TTL-only session whose renewals fail while reads of the lock keep succeeding: the
-        // TTL still runs out, so the renew bound must fire although confirmations keep coming.
-        let start = Instant::now();
-        let liveness = Liveness::new(start);
-        liveness.enforce_contact_window(window(Some(24), None));
-        let mut receiver = liveness.subscribe();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    liveness.shared.confirm(Instant::now());
-                }
-                _ = receiver.changed() => break,
-            }
+    /// A liveness created at `t = 0` of a synthetic clock, with the defaults' window (24 s since
+    /// the last renew, 9 s since the last confirmation).
+    fn defaults_at_zero() -> Liveness {
+        let liveness = Liveness::new(Duration::ZERO, settings(15, 15, false));
+        {
+            let mut news = liveness.shared.news();
+            news.kill_grace = Some(secs(5));
+            news.window = Some(window(Some(24), Some(9)));
         }
-        assert_eq!(start.elapsed(), Duration::from_secs(24));
+        liveness
+    }
+
+    #[test]
+    fn the_deadline_is_the_earlier_bound() {
+        let liveness = defaults_at_zero();
+        assert_eq!(liveness.shared.news().deadline(), Some(secs(9)));
+        liveness.shared.confirm(secs(5));
+        assert_eq!(liveness.deadline().at(), Some(secs(14)));
+        // Confirmations sent earlier than one already counted change nothing.
+        liveness.shared.confirm(secs(3));
+        assert_eq!(liveness.deadline().at(), Some(secs(14)));
+    }
+
+    #[test]
+    fn reads_do_not_stand_in_for_renewals() {
+        // Renewals fail while reads of the lock keep succeeding: the TTL still runs out, so the
+        // renew bound decides although confirmations keep coming.
+        let liveness = defaults_at_zero();
+        for t in 1..=30 {
+            liveness.shared.confirm(secs(t));
+        }
+        assert_eq!(liveness.deadline().at(), Some(secs(24)));
+    }
+
+    #[test]
+    fn a_renewal_pushes_both_bounds() {
+        let liveness = defaults_at_zero();
+        liveness.shared.renewed(secs(8), None);
+        assert_eq!(liveness.deadline().at(), Some(secs(17)));
+    }
+
+    #[test]
+    fn the_window_follows_the_ttl_and_lock_delay_the_server_answers() {
+        let liveness = defaults_at_zero();
+        // A longer TTL (Consul asking for slower renewals): the renew bound grows with it.
+        liveness
+            .shared
+            .renewed(secs(1), Some((Some(secs(30)), secs(15))));
+        assert_eq!(
+            liveness.shared.news().window,
+            Some(window(Some(39), Some(9)))
+        );
+        assert_eq!(liveness.shared.ttl(), Some(secs(30)));
+        // A shorter lock-delay than asked for: the confirmation bound shrinks.
+        liveness
+            .shared
+            .renewed(secs(2), Some((Some(secs(30)), secs(10))));
+        assert_eq!(
+            liveness.shared.news().window,
+            Some(window(Some(34), Some(4)))
+        );
+        assert_eq!(liveness.deadline().at(), Some(secs(6)));
+        // One that leaves no window at all: lost at once.
+        liveness
+            .shared
+            .renewed(secs(3), Some((Some(secs(30)), secs(5))));
         assert!(matches!(
             liveness.loss(),
             Some(LossReason::NoContact { .. })
         ));
+        assert!(liveness.deadline().has_passed());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_renewal_pushes_both_bounds() {
-        let start = Instant::now();
-        let liveness = Liveness::new(start);
-        liveness.enforce_contact_window(window(Some(24), Some(9)));
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        liveness.shared.renewed(Instant::now());
+    #[tokio::test]
+    async fn the_watchdog_declares_loss_when_the_window_runs_out() {
+        // No TTL, lock-delay 1.3 s, no grace: the window is 0.3 s after the last confirmation.
+        let mut settings = settings(0, 0, false);
+        settings.lock_delay = Duration::from_millis(1300);
+        let liveness = Liveness::new(clock::now(), settings);
+        let window = liveness.enforce_contact_window(Duration::ZERO).unwrap();
+        assert_eq!(window.since_confirmation, Some(Duration::from_millis(300)));
+        let started = clock::now();
         let reason = liveness.lost().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(17), "{reason:?}");
+        assert!(matches!(reason, LossReason::NoContact { .. }), "{reason:?}");
+        assert!(clock::now() - started >= Duration::from_millis(250));
+        assert!(liveness.deadline().has_passed());
+    }
+
+    #[test]
+    fn a_loss_on_the_wire_passes_the_deadline_at_once() {
+        let liveness = defaults_at_zero();
+        liveness.shared.publish_deadline();
+        assert!(!liveness.deadline().has_passed() || clock::now() >= secs(9));
+        liveness.shared.declare_lost(LossReason::KeyDeleted);
+        assert_eq!(liveness.deadline().at(), Some(Duration::ZERO));
+        assert_eq!(liveness.loss(), Some(LossReason::KeyDeleted));
     }
 }

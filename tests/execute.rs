@@ -1159,9 +1159,16 @@ fn as_subreaper_it_reaps_orphaned_grandchildren() {
     );
     let child = running.ready_pid();
     // The orphans were re-parented to consullock when their shell exited; once they have
-    // exited too, consullock must have reaped them: its only child left is print_signals.
+    // exited too, consullock must have reaped them: its only children left are print_signals
+    // and its keeper (a fork of consullock itself, see src/supervisor/keeper.rs).
     wait_until(Duration::from_secs(10), "the orphans to be reaped", || {
-        let children = children_of(running.pid());
+        let children: Vec<(i32, String)> = children_of(running.pid())
+            .into_iter()
+            .filter(|(pid, _)| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() != "consullock")
+            })
+            .collect();
         children.len() == 1 && children[0].0 == child && children[0].1 != "Z"
     });
     // And they were ours to reap (`sh -c '(sleep 0.2; exit 3) &'` three times), not init's.

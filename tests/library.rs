@@ -72,7 +72,7 @@ fn acquire_find_release() {
 
         let first_token = held.fencing_token();
         let session = held.session_id().to_owned();
-        held.release().await.unwrap();
+        held.release(std::future::pending()).await.unwrap();
         assert_eq!(
             lock::find(&client, &key).await.unwrap(),
             None,
@@ -87,7 +87,7 @@ fn acquire_find_release() {
         // The next holder gets a larger fencing token, although the key was deleted between.
         let again = acquire(&client, &key, &busy).await.unwrap();
         assert!(again.fencing_token() > first_token);
-        again.release().await.unwrap();
+        again.release(std::future::pending()).await.unwrap();
     });
 }
 
@@ -113,8 +113,8 @@ fn find_regex_lists_non_lock_keys_without_information() {
             [(key.clone(), true), (format!("{base}/plain"), false)]
         );
 
-        let released = lock::unlock_regex(&client, &pattern).await.unwrap();
-        assert_eq!(released, std::slice::from_ref(&key));
+        let unlocked = lock::unlock_regex(&client, &pattern, false).await.unwrap();
+        assert_eq!(unlocked.released, std::slice::from_ref(&key));
         drop(held);
     });
     consul.delete(&format!("/v1/kv/{base}/plain"));
@@ -129,10 +129,7 @@ fn a_watched_lock_reports_loss_when_its_session_is_destroyed() {
         let mut held = acquire(&client, &key, &AcquireOptions::default())
             .await
             .unwrap();
-        held.watch(consullock::session::ContactWindow {
-            since_renew: None,
-            since_confirmation: None,
-        });
+        held.watch(Duration::ZERO).unwrap();
         client
             .session_destroy(held.session_id(), Duration::from_secs(5))
             .await
@@ -147,7 +144,7 @@ fn a_watched_lock_reports_loss_when_its_session_is_destroyed() {
             ),
             "{reason:?}"
         );
-        held.release().await.ok();
+        held.release(std::future::pending()).await.ok();
     });
 }
 
@@ -180,7 +177,7 @@ fn cancelling_a_wait_destroys_the_session() {
             .value;
         let ours: Vec<_> = sessions.iter().filter(|s| s.name.contains(&key)).collect();
         assert_eq!(ours.len(), 1, "only the holder's session: {ours:?}");
-        held.release().await.unwrap();
+        held.release(std::future::pending()).await.unwrap();
     });
 }
 

@@ -165,11 +165,21 @@ fn lock_when_unlocked_prints_the_lock_json_and_stores_it() {
 }
 
 #[test]
-fn metadata_that_is_not_json_is_kept_as_a_string() {
+fn metadata_that_is_not_json_is_refused_as_by_consullock_4_2() {
     let consul = TestConsul::start();
     let key = consul.unique_key("meta");
-    let output = lock(&consul, &["--metadata", "not json", &key]);
-    assert_eq!(stdout_json(&output)["metadata"], "not json");
+    let output = lock(&consul, &["--metadata", "{bad", &key]);
+    assert_eq!(code(&output), 3);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(r#"Unable to parse value for "metadata" as JSON"#),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(entry(&consul, &key), None, "nothing was locked");
+    // A JSON string is metadata like any other JSON value.
+    let output = lock(&consul, &["--metadata", r#""not an object""#, &key]);
+    assert_eq!(stdout_json(&output)["metadata"], "not an object");
     unlock(&consul, &[&key]);
 }
 
@@ -497,7 +507,7 @@ fn sigterm_during_a_blocking_wait_exits_promptly_and_leaves_no_session() {
 fn a_waiting_lock_shows_its_holder_on_a_terminal_only() {
     let consul = TestConsul::start();
     let key = consul.unique_key("holderline");
-    assert_eq!(code(&lock(&consul, &["--metadata", "m", &key])), 0);
+    assert_eq!(code(&lock(&consul, &["--metadata", r#""m""#, &key])), 0);
     let holder_pid = value_json(&entry(&consul, &key).unwrap())["pid"].clone();
 
     // Not a terminal: nothing but the one-line error.

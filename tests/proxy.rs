@@ -293,7 +293,8 @@ fn a_waiting_lock_survives_cut_connections() {
         .as_str()
         .unwrap()
         .to_string();
-    let acquired = consul.put(&format!("/v1/kv/{key}?acquire={holder}"), b"held");
+    let value = crate::support::lock_value(&key, &holder);
+    let acquired = consul.put(&format!("/v1/kv/{key}?acquire={holder}"), value.as_bytes());
     assert_eq!(acquired.text(), "true");
 
     let mut waiter = Watched::start({
@@ -316,7 +317,7 @@ fn a_waiting_lock_survives_cut_connections() {
     }
     assert_eq!(consul.holder(&key).as_deref(), Some(holder.as_str()));
 
-    let released = consul.put(&format!("/v1/kv/{key}?release={holder}"), b"free");
+    let released = consul.put(&format!("/v1/kv/{key}?release={holder}"), value.as_bytes());
     assert_eq!(released.text(), "true");
     let (output, stderr) = waiter.finish();
     assert_eq!(output.status.code(), Some(0), "{stderr}");

@@ -124,7 +124,7 @@ pub(crate) struct LockArgs {
     )]
     pub(crate) timeout: f64,
 
-    /// Metadata to store in the lock's value: JSON, or else taken as a string.
+    /// Metadata to store in the lock's value, as JSON (e.g. '{"owner": "alice"}' or '"text"').
     #[arg(long, value_name = "JSON")]
     pub(crate) metadata: Option<String>,
 
@@ -140,7 +140,7 @@ pub(crate) struct LockArgs {
     /// Compatibility with consullock 4.2's poll interval (see --help)
     ///
     /// consullock 4.2 polled every I seconds. consullock waits with blocking queries instead;
-    /// I only caps the retry pause while a lock-delay keeps a free key locked.
+    /// I only caps the retry pause while a lock-delay keeps a free key locked (at least 0.25 s).
     #[arg(
         short = 'i',
         value_name = "SECONDS",
@@ -156,6 +156,13 @@ pub(crate) struct UnlockArgs {
     /// Treat KEY as a regular expression and release every lock whose key fully matches it.
     #[arg(short = 'r', long = "regex")]
     pub(crate) regex: bool,
+
+    /// Also release keys whose value is not a consullock lock (another program's lock).
+    ///
+    /// Without it, a held key whose value is not a consullock lock is reported on stderr and
+    /// left alone: its session may be another program's leader lock.
+    #[arg(long)]
+    pub(crate) force: bool,
 
     /// Lock key (or regular expression with -r).
     pub(crate) key: String,

@@ -6,9 +6,10 @@ options, the command from its words, and the exit code from the outcome.
 use std::ffi::OsString;
 
 use consullock::Error;
-use consullock::execute::{DEFAULT_LOCK_DELAY, DEFAULT_TTL, ExecuteSettings, execute_locked};
+use consullock::execute::{ExecuteSettings, execute_locked};
 use consullock::key::validate_key;
-use consullock::supervisor::{self, ChildCommand, Outcome, Signals};
+use consullock::session::{DEFAULT_LOCK_DELAY, DEFAULT_SESSION_TTL, forced_release_risk};
+use consullock::supervisor::{self, ChildCommand, Outcome, Signals, SpawnFailure};
 
 use super::args::ExecuteArgs;
 use super::{acquire_options, client_from_env, exit, log, seconds, session_settings};
@@ -17,9 +18,9 @@ use super::{acquire_options, client_from_env, exit, log, seconds, session_settin
 /// shell). Returns the exit code.
 pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
     validate_key(&args.lock.key)?;
-    let session = session_settings(&args.lock, DEFAULT_TTL, DEFAULT_LOCK_DELAY)?;
+    let session = session_settings(&args.lock, DEFAULT_SESSION_TTL, DEFAULT_LOCK_DELAY)?;
     let acquire = acquire_options(&args.lock, true)?;
-    let kill_grace = seconds("--kill-grace", args.kill_grace, &(0.0..=3600.0))
+    let kill_grace = seconds("--kill-grace", args.kill_grace, MAX_KILL_GRACE)
         .map_err(Error::InvalidArguments)?;
     let settings = ExecuteSettings {
         session,
@@ -27,11 +28,8 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
         kill_grace,
     };
     settings.contact_window()?;
-    if !settings.session.ttl_only && settings.session.lock_delay.is_zero() {
-        tracing::warn!(
-            "--lock-delay 0 with node checks: if a node check invalidates the session, another \
-             holder may get the lock before the command is stopped; use --ttl-only or a lock-delay"
-        );
+    if let Some(risk) = forced_release_risk(&settings.session, kill_grace) {
+        tracing::warn!("{risk}");
     }
     let command = child_command(args.command, direct)?;
     let client = client_from_env()?;
@@ -57,25 +55,69 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
         }
         Err(error) => return Err(error),
     };
-    Ok(match executed.outcome {
-        Outcome::Exited(code) => code,
+    let code = match &executed.outcome {
+        Outcome::Exited(code) => *code,
         Outcome::Signaled(signal) => exit::from_signal(signal.as_raw()),
-        Outcome::SpawnFailed { code, error } => {
+        Outcome::SpawnFailed { failure, error } => {
             log::line(&format!("consullock: cannot run the command: {error}"));
-            code
+            match failure {
+                SpawnFailure::NotFound => exit::NOT_FOUND,
+                SpawnFailure::CannotExecute => exit::CANNOT_EXECUTE,
+            }
+        }
+        Outcome::NotStarted { signal } => {
+            log::line(&format!(
+                "consullock: {signal} received before the command started: it was not started"
+            ));
+            exit::from_signal(signal.as_raw())
         }
         Outcome::LockLost { .. } => {
             let reason = executed
                 .loss
+                .as_ref()
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "unknown".into());
+            let stopped = if executed.survivors.is_empty() {
+                "the command was stopped".to_owned()
+            } else {
+                format!(
+                    "the command was stopped, but processes {:?} of it still run after SIGKILL",
+                    executed.survivors
+                )
+            };
             log::line(&format!(
-                "consullock: lock lost on {key}: {reason}; the command was stopped"
+                "consullock: lock lost on {key}: {reason}; {stopped}"
             ));
             i32::from(args.lock_lost_exit_code)
         }
-    })
+    };
+    if !executed.survivors.is_empty() && !matches!(executed.outcome, Outcome::LockLost { .. }) {
+        log::line(&format!(
+            "consullock: processes {:?} of the command still run after SIGKILL",
+            executed.survivors
+        ));
+    }
+    match executed.release {
+        Ok(()) => Ok(code),
+        Err(error) if executed.loss.is_some() => {
+            // The lock was lost already; only its session could not be destroyed.
+            tracing::warn!("{error}");
+            Ok(code)
+        }
+        Err(error) => {
+            log::line(&format!("consullock: {error}"));
+            // The command's own failure wins; a success does not hide a lock left held.
+            Ok(if code == exit::SUCCESS {
+                exit::CONSUL_ERROR
+            } else {
+                code
+            })
+        }
+    }
 }
+
+/// The longest `--kill-grace`: an hour.
+const MAX_KILL_GRACE: f64 = 3600.0;
 
 /// One string runs through `sh -c` (consullock 4.2); `--` or several words run directly.
 fn child_command(mut words: Vec<OsString>, direct: bool) -> Result<ChildCommand, Error> {

@@ -27,6 +27,8 @@ pub(crate) const INVALID_KEY: i32 = 6;
 pub(crate) const INVALID_SESSION_SETTINGS: i32 = 7;
 /// Consul is unreachable or answered an error.
 pub(crate) const CONSUL_ERROR: i32 = 8;
+/// The key holds data that is not a consullock lock: it was left untouched.
+pub(crate) const NOT_A_LOCK: i32 = 9;
 /// The lock is held by someone else (`--non-blocking`); `--conflict-exit-code` changes it.
 pub(crate) const NOT_ACQUIRED: i32 = 100;
 /// `execute`: the lock was lost and the command stopped; `--lock-lost-exit-code` changes it.
@@ -69,6 +71,10 @@ pub(crate) const TABLE: &[(i32, &str)] = &[
         "Consul unreachable or answered an error (the message names the address and the status)",
     ),
     (
+        NOT_A_LOCK,
+        "the key holds data that is not a consullock lock: it was left untouched (`lock`, `execute`, and `unlock` without `--force`)",
+    ),
+    (
         NOT_ACQUIRED,
         "lock held elsewhere (`--non-blocking`); see `--conflict-exit-code`",
     ),
@@ -93,6 +99,9 @@ pub(crate) fn of_error(error: &Error) -> i32 {
         Error::InvalidArguments(_) => INVALID_ARGUMENTS,
         Error::InvalidKey(_) => INVALID_KEY,
         Error::InvalidSessionSettings(_) => INVALID_SESSION_SETTINGS,
+        Error::UnsafeSettings(_) => INVALID_ARGUMENTS,
+        Error::NotALock { .. } => NOT_A_LOCK,
+        Error::NotReleased(_) => CONSUL_ERROR,
         Error::Consul(ConsulError::PermissionDenied { .. }) => PERMISSION_DENIED,
         Error::Consul(_) => CONSUL_ERROR,
         Error::NotAcquired { .. } => NOT_ACQUIRED,

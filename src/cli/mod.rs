@@ -11,26 +11,17 @@ use std::time::Duration;
 mod args;
 mod execute;
 pub(crate) mod exit;
+mod hooks;
 pub(crate) mod log;
 
 use consullock::Error;
 use consullock::config::ConsulConfig;
 use consullock::consul::Client;
 use consullock::key::validate_key;
-use consullock::lock::{self, AcquireOptions, Hooks};
+use consullock::lock::{self, AcquireOptions};
 use consullock::session::SessionSettings;
 
 use args::{Command, DevServerArgs, LockArgs, UnlockArgs};
-
-/// Session TTL bounds (seconds), as Consul and consullock 4.2 enforce them; 0 means no TTL.
-const SESSION_TTL_RANGE: std::ops::RangeInclusive<f64> = 10.0..=86400.0;
-/// Lock-delay bounds (seconds): Consul applies at most 60 s.
-const LOCK_DELAY_RANGE: std::ops::RangeInclusive<f64> = 0.0..=60.0;
-
-/// `lock` defaults, as in consullock 4.2: a day-long session that is not renewed, and no
-/// lock-delay so that `lock`, `unlock`, `lock` from a shell never waits.
-const LOCK_DEFAULT_TTL: f64 = 86400.0;
-const LOCK_DEFAULT_LOCK_DELAY: f64 = 0.0;
 
 /// Runs the program with `args` (the program name first) and returns its exit code.
 pub(crate) fn run(args: Vec<OsString>) -> i32 {
@@ -120,75 +111,84 @@ fn client_from_env() -> Result<Client, Error> {
     Ok(Client::new(&config)?)
 }
 
-/// Seconds given on the command line, checked against a range.
-fn seconds(
-    name: &str,
-    value: f64,
-    range: &std::ops::RangeInclusive<f64>,
-) -> Result<Duration, String> {
-    if !value.is_finite() || !range.contains(&value) {
+/// The largest number of seconds any duration option takes (about 136 years): a bound far
+/// beyond any use that keeps every deadline computable.
+const MAX_SECONDS: f64 = u32::MAX as f64;
+
+/// Seconds given on the command line as a duration, checked: not a number, infinite, negative
+/// or beyond `max` seconds is refused with a message naming the option.
+fn seconds(option: &str, value: f64, max: f64) -> Result<Duration, String> {
+    if !value.is_finite() || !(0.0..=max).contains(&value) {
         return Err(format!(
-            "{name} must be between {} and {} seconds, got {value}",
-            range.start(),
-            range.end()
+            "{option} must be a number of seconds between 0 and {max}, got {value}"
         ));
     }
-    Ok(Duration::from_secs_f64(value))
+    Duration::try_from_secs_f64(value).map_err(|e| format!("{option}: {e}"))
 }
 
-/// Session settings from the lock options, with the subcommand's defaults.
+/// Session settings from the lock options, with the subcommand's defaults. A TTL or lock-delay
+/// out of Consul's bounds is exit 7, as in consullock 4.2.
 fn session_settings(
     args: &LockArgs,
-    default_ttl: f64,
-    default_lock_delay: f64,
+    default_ttl: Duration,
+    default_lock_delay: Duration,
 ) -> Result<SessionSettings, Error> {
-    let ttl = args.session_ttl.unwrap_or(default_ttl);
-    let ttl = if ttl == 0.0 {
-        None
-    } else {
-        Some(
-            seconds("--session-ttl", ttl, &SESSION_TTL_RANGE).map_err(|e| {
-                Error::InvalidSessionSettings(format!("invalid session TTL: {e} (or 0 for no TTL)"))
-            })?,
-        )
+    let invalid = Error::InvalidSessionSettings;
+    let ttl = match args.session_ttl {
+        None => Some(default_ttl),
+        Some(0.0) => None,
+        Some(seconds_given) => {
+            let ttl = seconds("--session-ttl", seconds_given, MAX_SECONDS)
+                .map_err(|e| invalid(format!("invalid session TTL: {e} (or 0 for no TTL)")))?;
+            Some(ttl)
+        }
     };
-    let lock_delay = seconds(
-        "--lock-delay",
-        args.lock_delay.unwrap_or(default_lock_delay),
-        &LOCK_DELAY_RANGE,
-    )
-    .map_err(|e| Error::InvalidSessionSettings(format!("invalid lock-delay: {e}")))?;
-    Ok(SessionSettings {
-        name: consullock::session::holder_name(&args.key),
+    let lock_delay = match args.lock_delay {
+        None => default_lock_delay,
+        Some(given) => seconds("--lock-delay", given, MAX_SECONDS)
+            .map_err(|e| invalid(format!("invalid lock-delay: {e}")))?,
+    };
+    SessionSettings::new(
+        consullock::session::holder_name(&args.key),
         ttl,
         lock_delay,
-        ttl_only: args.ttl_only,
+        args.ttl_only,
+    )
+    .map_err(|e| {
+        invalid(format!(
+            "{e} (--session-ttl 10..=86400 or 0 for none; --lock-delay 0..=60)"
+        ))
     })
 }
 
 /// Acquire options from the lock options.
 fn acquire_options(args: &LockArgs, keep_alive: bool) -> Result<AcquireOptions, Error> {
     let timeout =
-        seconds("--timeout", args.timeout, &(0.0..=f64::MAX)).map_err(Error::InvalidArguments)?;
-    let interval =
-        seconds("-i", args.interval, &(0.0..=f64::MAX)).map_err(Error::InvalidArguments)?;
-    let metadata = args.metadata.as_ref().map(|text| {
-        // Lenient, as consullock 4.2: what is not JSON is kept as a string.
-        serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.clone()))
-    });
+        seconds("--timeout", args.timeout, MAX_SECONDS).map_err(Error::InvalidArguments)?;
+    let interval = seconds("-i", args.interval, MAX_INTERVAL).map_err(Error::InvalidArguments)?;
+    let metadata = match &args.metadata {
+        None => None,
+        // As consullock 4.2: metadata is JSON, and anything else is refused.
+        Some(text) => Some(serde_json::from_str(text).map_err(|e| {
+            Error::InvalidArguments(format!(
+                "Unable to parse value for \"metadata\" as JSON: {e}"
+            ))
+        })?),
+    };
+    let hooks = hooks::CommandHooks::for_engine(&args.on_before_lock, &args.on_already_locked);
     Ok(AcquireOptions {
         non_blocking: args.non_blocking,
         timeout: (!timeout.is_zero()).then_some(timeout),
         metadata,
-        hooks: Hooks {
-            before_lock: args.on_before_lock.clone(),
-            already_locked: args.on_already_locked.clone(),
-        },
+        hooks,
         lock_delay_backoff_cap: interval,
         keep_alive,
         on_wait: HolderLine::observer(),
     })
 }
+
+/// The largest `-i`: it caps a retry pause, and an hour is already far beyond any lock-delay.
+const MAX_INTERVAL: f64 = 3600.0;
 
 /// How long clearing the waiting line may wait for the terminal.
 const HOLDER_LINE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
@@ -248,7 +248,11 @@ impl lock::WaitObserver for HolderLine {
 
 async fn run_lock(args: LockArgs) -> Result<i32, Error> {
     validate_key(&args.key)?;
-    let settings = session_settings(&args, LOCK_DEFAULT_TTL, LOCK_DEFAULT_LOCK_DELAY)?;
+    let settings = session_settings(
+        &args,
+        lock::LEFT_HELD_SESSION_TTL,
+        lock::LEFT_HELD_LOCK_DELAY,
+    )?;
     let options = acquire_options(&args, false)?;
     let client = client_from_env()?;
     // Handlers first: a SIGTERM during the wait must destroy our session, not kill us.
@@ -285,20 +289,38 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
 
 async fn run_unlock(args: UnlockArgs) -> Result<i32, Error> {
     let client = client_from_env()?;
+    let left_alone = |key: &str| {
+        log::line(&format!(
+            "consullock: left {key} alone: its value is not a consullock lock (--force releases \
+             it anyway, destroying the session that holds it)"
+        ));
+    };
     if args.regex {
         let pattern = regex::Regex::new(&args.key)
             .map_err(|e| Error::InvalidArguments(regex_error(&args.key, &e)))?;
-        let released = lock::unlock_regex(&client, &pattern).await?;
-        println!("{}", serde_json::Value::from(released));
-    } else {
-        validate_key(&args.key)?;
-        if lock::unlock(&client, &args.key).await? {
+        let unlocked = lock::unlock_regex(&client, &pattern, args.force).await?;
+        for key in &unlocked.not_locks {
+            left_alone(key);
+        }
+        println!("{}", serde_json::Value::from(unlocked.released));
+        return Ok(exit::SUCCESS);
+    }
+    validate_key(&args.key)?;
+    match lock::unlock(&client, &args.key, args.force).await? {
+        lock::Unlocked::Released => {
             println!("{}", serde_json::Value::from(args.key));
-        } else {
+            Ok(exit::SUCCESS)
+        }
+        lock::Unlocked::NotHeld => {
             println!("null");
+            Ok(exit::SUCCESS)
+        }
+        lock::Unlocked::NotALock => {
+            println!("null");
+            left_alone(&args.key);
+            Ok(exit::NOT_A_LOCK)
         }
     }
-    Ok(exit::SUCCESS)
 }
 
 /// A regex error on one line: the regex crate's syntax errors span several lines (the pattern,

@@ -63,6 +63,8 @@ pub struct Client {
     common_query: Vec<(&'static str, String)>,
     /// What the client was built from, for [`Client::with_own_pool`].
     config: std::sync::Arc<ConsulConfig>,
+    /// Deadline of every request that is not a blocking read and names none of its own.
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -96,6 +98,9 @@ impl Client {
             .tcp_keepalive(TCP_KEEPALIVE)
             .tcp_nodelay(true)
             .http1_only()
+            // A redirect is not an answer of Consul's API (Consul redirects a path it cleaned,
+            // e.g. one with `..`): follow none, report it.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("consullock/", env!("CARGO_PKG_VERSION")));
         let host_for_url;
         match &config.endpoint {
@@ -151,7 +156,17 @@ impl Client {
             basic_auth: config.basic_auth.clone(),
             common_query,
             config: std::sync::Arc::new(config.clone()),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         })
+    }
+
+    /// The same client (same connection pool) whose requests that are not blocking reads give
+    /// up after `timeout` instead of [`DEFAULT_REQUEST_TIMEOUT`].
+    pub fn with_request_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            request_timeout: timeout,
+            ..self.clone()
+        }
     }
 
     /// A client for the same agent with a connection pool of its own. A long blocking read
@@ -159,7 +174,7 @@ impl Client {
     /// pool, it leaves the connection of the other requests idle and ready, so e.g. the
     /// release after a watch needs no new TCP (or TLS) handshake.
     pub fn with_own_pool(&self) -> Result<Client, ConfigError> {
-        Client::new(&self.config)
+        Ok(Client::new(&self.config)?.with_request_timeout(self.request_timeout))
     }
 
     /// The agent's address, for messages.
@@ -186,10 +201,18 @@ impl Client {
                 "/v1/session/create".into(),
                 &[],
                 Some(body),
-                DEFAULT_REQUEST_TIMEOUT,
+                self.request_timeout,
             )
             .await?;
         let created: Created = response.json()?;
+        // The id goes into every later path: anything but a UUID (an empty id, `../../kv/x`)
+        // would address something else than the session.
+        if !is_uuid(&created.id) {
+            return Err(response.invalid(format!(
+                "the new session's ID {:?} is not a UUID",
+                snippet(created.id.as_bytes())
+            )));
+        }
         Ok(created.id)
     }
 
@@ -200,7 +223,7 @@ impl Client {
         id: &str,
         timeout: Duration,
     ) -> Result<SessionEntry, ConsulError> {
-        let path = format!("/v1/session/renew/{}", escape_path(id));
+        let path = format!("/v1/session/renew/{}", escape_segment(id));
         let response = self.send(Method::PUT, path, &[], None, timeout).await?;
         let sessions: Vec<SessionEntry> = response.json()?;
         sessions
@@ -214,7 +237,7 @@ impl Client {
 
     /// `PUT /v1/session/destroy/:id`. Destroying a session that is already gone succeeds.
     pub async fn session_destroy(&self, id: &str, timeout: Duration) -> Result<(), ConsulError> {
-        let path = format!("/v1/session/destroy/{}", escape_path(id));
+        let path = format!("/v1/session/destroy/{}", escape_segment(id));
         self.send(Method::PUT, path, &[], None, timeout).await?;
         Ok(())
     }
@@ -225,7 +248,7 @@ impl Client {
         id: &str,
         options: &QueryOptions,
     ) -> Result<Indexed<Option<SessionEntry>>, ConsulError> {
-        let path = format!("/v1/session/info/{}", escape_path(id));
+        let path = format!("/v1/session/info/{}", escape_segment(id));
         let response = self.read(path, &[], options).await?;
         let index = response.index()?;
         let sessions: Vec<SessionEntry> = response.json()?;
@@ -338,7 +361,7 @@ impl Client {
                 kv_path(key),
                 &query,
                 Some(value.to_vec()),
-                DEFAULT_REQUEST_TIMEOUT,
+                self.request_timeout,
             )
             .await?;
         response.json()
@@ -355,7 +378,7 @@ impl Client {
                 kv_path(key),
                 &query,
                 None,
-                DEFAULT_REQUEST_TIMEOUT,
+                self.request_timeout,
             )
             .await?;
         response.json()
@@ -369,7 +392,7 @@ impl Client {
                 kv_path(prefix),
                 &[("recurse", "")],
                 None,
-                DEFAULT_REQUEST_TIMEOUT,
+                self.request_timeout,
             )
             .await?;
         response.json()
@@ -394,7 +417,7 @@ impl Client {
     ) -> Result<Response, ConsulError> {
         let mut query: Vec<(&str, String)> =
             query.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-        let mut timeout = options.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        let mut timeout = options.timeout.unwrap_or(self.request_timeout);
         if let Some(index) = options.index.filter(|i| *i > 0) {
             let wait = options
                 .wait
@@ -618,18 +641,39 @@ fn kv_path(key: &str) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters and `/`, so any key reaches Consul
-/// unchanged.
+/// unchanged. (Keys are paths: their `/` stay.)
 fn escape_path(text: &str) -> String {
+    escape(text, true)
+}
+
+/// Percent-encodes everything but unreserved characters: one path segment (a session id),
+/// which no `/` may split.
+fn escape_segment(text: &str) -> String {
+    escape(text, false)
+}
+
+fn escape(text: &str, keep_slashes: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 out.push(byte as char)
             }
+            b'/' if keep_slashes => out.push('/'),
             _ => out.push_str(&format!("%{byte:02X}")),
         }
     }
     out
+}
+
+/// Whether `id` is a UUID as Consul makes them: 8-4-4-4-12 hexadecimal digits.
+pub fn is_uuid(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 fn resolve(host: &str, port: u16) -> Result<std::net::SocketAddr, String> {
@@ -757,6 +801,21 @@ mod tests {
     #[test]
     fn keys_are_escaped_but_slashes_kept() {
         assert_eq!(escape_path("a/b c/ü?#%"), "a/b%20c/%C3%BC%3F%23%25");
+        assert_eq!(escape_segment("../../kv/x"), "..%2F..%2Fkv%2Fx");
+    }
+
+    #[test]
+    fn session_ids_must_be_uuids() {
+        assert!(is_uuid("7d901121-42ba-4fbb-b177-30df0fe2b51f"));
+        for bad in [
+            "",
+            "../../kv/pwned",
+            "7d901121-42ba-4fbb-b177-30df0fe2b51",
+            "7d901121-42ba-4fbb-b177_30df0fe2b51f",
+            "7d901121-42ba-4fbb-b177-30df0fe2b51g",
+        ] {
+            assert!(!is_uuid(bad), "{bad:?}");
+        }
     }
 
     #[test]

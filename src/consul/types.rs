@@ -40,11 +40,23 @@ pub struct SessionRequest {
     pub node_checks: Option<Vec<String>>,
 }
 
-/// Consul parses TTL with Go's `time.ParseDuration`; whole seconds are exact.
+/// Consul parses TTL with Go's `time.ParseDuration`: send exactly the TTL the client's clocks
+/// assume, in whole seconds when it is, else in milliseconds or nanoseconds.
 fn ttl<S: Serializer>(ttl: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match ttl {
-        Some(ttl) => s.serialize_str(&format!("{}s", ttl.as_secs())),
+        Some(ttl) => s.serialize_str(&go_duration(*ttl)),
         None => s.serialize_none(),
+    }
+}
+
+/// `duration` as Go's `time.ParseDuration` reads it back exactly.
+fn go_duration(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else if duration.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{}ns", duration.as_nanos())
     }
 }
 
@@ -215,6 +227,13 @@ mod tests {
             json,
             serde_json::json!({"Name":"n","LockDelay":"15000ms","Behavior":"delete"})
         );
+    }
+
+    #[test]
+    fn ttls_are_sent_exactly() {
+        assert_eq!(go_duration(Duration::from_secs(15)), "15s");
+        assert_eq!(go_duration(Duration::from_millis(10_900)), "10900ms");
+        assert_eq!(go_duration(Duration::new(10, 500)), "10000000500ns");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use nix::sys::signal::{
     SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal as NixSignal, pthread_sigmask,
     sigaction, sigprocmask,
 };
-use nix::unistd::{Pid, getpgrp, getpid, getppid, isatty, tcgetpgrp, tcsetpgrp};
+use nix::unistd::{getpgrp, getpid, getppid, isatty, tcgetpgrp, tcsetpgrp};
 
 use super::ChildCommand;
 use super::signals::ignored_by_us;
@@ -49,7 +49,10 @@ pub(crate) fn build(command: &ChildCommand, env: &[(OsString, OsString)]) -> Com
 /// the spawn must happen on a thread that lives as long as the supervisor: the caller's main
 /// thread driving a current-thread runtime is such a thread (a `spawn_blocking` thread or a
 /// multi-thread runtime worker is not).
-pub(crate) fn prepare(cmd: &mut Command, group: Group, take_terminal: bool) {
+///
+/// `keeper_fd` (or -1 for none) is the keeper's pipe: the child writes its pid into it before
+/// exec (see `keeper.rs`).
+pub(crate) fn prepare(cmd: &mut Command, group: Group, take_terminal: bool, keeper_fd: i32) {
     if group == Group::Own {
         // std calls setpgid(0, 0) in the child before running the pre_exec closure below.
         cmd.process_group(0);
@@ -66,6 +69,9 @@ pub(crate) fn prepare(cmd: &mut Command, group: Group, take_terminal: bool) {
         if getppid() != parent {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
+        // Before the command runs anything: from here on, consullock dying takes the whole
+        // group with it.
+        super::keeper::report_pid(keeper_fd)?;
         if take_terminal {
             // As tini's isolate_child: done in the child so it owns the terminal before it can
             // read it. We are a background group now; tcsetpgrp from a background group raises
@@ -90,8 +96,8 @@ pub(crate) fn prepare(cmd: &mut Command, group: Group, take_terminal: bool) {
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         Ok(())
     };
-    // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid, sigprocmask,
-    // tcsetpgrp, getpgrp, sigaction) on values captured by move; it allocates nothing
+    // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid, getpid, write,
+    // sigprocmask, tcsetpgrp, getpgrp, sigaction) on values captured by move; it allocates nothing
     // (`reset_to_default` was allocated in the parent and is only read) and takes no lock.
     unsafe {
         cmd.pre_exec(setup);
@@ -135,37 +141,4 @@ impl Terminal {
         }
         let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     }
-}
-
-/// Whether any *live* process of group `pgid` is left.
-///
-/// `kill(-pgid, 0)` alone also counts zombies, and a zombie of the group that was re-parented
-/// to init (we are neither PID 1 nor a subreaper) lingers until init gets round to reaping it,
-/// which some inits do only every second or two. A zombie runs nothing, so when the kill probe
-/// says "exists", /proc settles whether anything of the group still runs.
-pub(crate) fn group_alive(pgid: i32) -> bool {
-    if matches!(
-        nix::sys::signal::kill(Pid::from_raw(-pgid), None),
-        Err(nix::errno::Errno::ESRCH)
-    ) {
-        return false;
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return true; // no procfs: trust the probe
-    };
-    let pgid = pgid.to_string();
-    entries.filter_map(Result::ok).any(|entry| {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            return false; // not a process, or it just went away
-        };
-        // After the parenthesised command name (which may contain spaces and parentheses):
-        // state ppid pgrp ...
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            return false;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1);
-        pgrp == Some(pgid.as_str()) && !matches!(state, Some("Z" | "X"))
-    })
 }

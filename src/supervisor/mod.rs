@@ -1,53 +1,69 @@
 /*!
-The execute supervisor: spawn one child, forward signals, reap, stop escalation, exit status.
+The execute supervisor: spawn one command, forward signals, reap, stop it and everything it
+started, report how it ended.
 
-It knows nothing about Consul: [`supervise`] runs a [`ChildCommand`] for as long as a
-`lock_lost` future has not fired, and says how it ended ([`Outcome`]).
+It knows nothing about Consul. [`supervise`] runs a [`ChildCommand`] until the command and every
+process it started are gone, and stops them all once a [`Deadline`] passes: the caller moves that
+deadline as it learns how long its lock is surely held, and sets it to "now" when the lock is
+lost.
 
 The shape follows watchexec's supervisor and tini, as a small state machine:
 
 ```text
-pending ──spawn──▶ running ──TERM/INT received, lock lost, or child exited──▶ stopping ──▶ finished
-   │                                                                (TERM group, grace, KILL group)
-   └─ spawn failed (126/127), or lock already lost: finished without a child
+pending ──spawn──▶ running ──stop signal, or the command exited──▶ stopping ──grace──▶ killed
+   │                  │                  (TERM to everything)      (KILL to everything)
+   │                  └─ deadline passed: the kill switch stops everything (TERM, grace, KILL)
+   │
+   └─ a stop signal or a passed deadline before the start, or the spawn failed: finished
+      without a command
+                                          finished = the command reaped and nothing of it runs
 ```
 
-* The child leads its own process group, so signals and stops reach its whole tree (shell
-  children included) through `killpg`. When stdin is the terminal and we are in its foreground
-  group, the child's group becomes the foreground group (so it can read the terminal, and
-  Ctrl-C reaches it once, from the tty, not twice).
-* "Finished" means the child's whole *group* is gone, not just the child: the caller releases
-  the lock right after, and a worker that outlives the release would run without the lock.
-* Exactly one place in the process waits for children: the reaper (see `reaper.rs`).
+* **Everything of the command** is its process group (the command leads one, so `killpg`
+  reaches its whole tree), the command itself by pid (in case it left the group), and, when
+  consullock is PID 1 or a subreaper, every other descendant (daemons that `setsid`). See
+  `processes.rs`. "Finished" means all of it is gone, not just the command: the caller releases
+  the lock right after, and a worker outliving the release would run without the lock.
+* **The stop on loss does not need this loop**: the kill switch (`kill_switch.rs`) is a thread
+  that waits on the deadline alone and sends the signals itself. This loop only waits for the
+  processes to be gone.
+* **consullock dying does not orphan the command**: the keeper (`keeper.rs`), a tiny process
+  forked before the command, SIGKILLs the command's group when consullock dies, SIGKILL
+  included. The command itself also gets PR_SET_PDEATHSIG.
+* Exactly one place in the process waits for children: the reaper (`reaper.rs`).
 * [`Signals::install`] must run before anything is spawned (see [`Signals`]).
 */
 
 mod child;
+mod keeper;
+mod kill_switch;
+mod processes;
 mod reaper;
 mod signals;
 #[cfg(test)]
 mod tests;
 
 use std::ffi::{OsStr, OsString};
-use std::future::Future;
 use std::io;
-use std::pin::pin;
 use std::time::Duration;
 
-use nix::unistd::Pid;
 use tokio::time::Instant;
 
 pub use signals::{Signal, SignalSender, Signals};
 
+use crate::clock::Deadline;
+use keeper::Keeper;
+use kill_switch::KillSwitch;
+use processes::Tree;
+
 /// Grace between the polite stop signal and SIGKILL when [`SupervisorOptions`] is defaulted.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// How often the supervisor checks whether the child's process group is gone while stopping it.
+/// How often the supervisor looks for what is left of the command while stopping it.
 pub const GROUP_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// How long to wait for the group to disappear after SIGKILL before giving up on it. SIGKILL
-/// cannot be ignored, so this only matters for processes stuck in uninterruptible sleep or
-/// zombies whose new parent (not us: we are neither PID 1 nor a subreaper) is slow to reap.
+/// How long to wait for the processes to disappear after SIGKILL before giving up on them.
+/// SIGKILL cannot be ignored, so this only matters for processes stuck in uninterruptible sleep.
 pub const AFTER_KILL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to run.
@@ -67,7 +83,7 @@ pub enum ChildCommand {
 /// How to run the child.
 #[derive(Clone, Debug)]
 pub struct SupervisorOptions {
-    /// Time between the stop signal (SIGTERM) to the child's group and SIGKILL to the group.
+    /// Time between the stop signal (SIGTERM) and SIGKILL.
     pub kill_grace: Duration,
     /// Variables added to (or replacing in) the inherited environment.
     pub env: Vec<(OsString, OsString)>,
@@ -91,14 +107,13 @@ pub enum ChildStatus {
     Signaled(Signal),
 }
 
-impl ChildStatus {
-    /// The shell convention: the exit code, or 128 + N for death by signal N.
-    pub fn code(self) -> i32 {
-        match self {
-            ChildStatus::Exited(code) => code,
-            ChildStatus::Signaled(signal) => 128 + signal.as_raw(),
-        }
-    }
+/// Why a command could not be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnFailure {
+    /// The program does not exist (shells exit 127 for this).
+    NotFound,
+    /// It exists but cannot be executed: permissions, format, ... (shells exit 126).
+    CannotExecute,
 }
 
 /// How [`supervise`] ended.
@@ -106,21 +121,26 @@ impl ChildStatus {
 pub enum Outcome {
     /// The child exited by itself with this code (forwarded signals it handled included).
     Exited(i32),
-    /// The child died of this signal; the caller exits 128 + N.
+    /// The child died of this signal.
     Signaled(Signal),
-    /// The child could not be started: `code` is 127 when the program was not found, 126
-    /// otherwise (not executable, permission denied, ...). The shell form never gives this:
-    /// `sh` itself exits 126/127, reported as [`Outcome::Exited`].
+    /// The child could not be started. The shell form never gives this: `sh` itself exits
+    /// 126/127, reported as [`Outcome::Exited`].
     SpawnFailed {
-        /// 126 or 127, the POSIX shell convention.
-        code: i32,
+        /// Which kind of failure.
+        failure: SpawnFailure,
         /// What the operating system said.
         error: io::Error,
     },
-    /// The `lock_lost` future fired and the child's whole group was stopped. `child` is how the
-    /// child ended (`None`: the lock was lost before it was started, so it never ran).
+    /// A stop signal (TERM, INT, HUP, QUIT) arrived before the command could be started, so it
+    /// was not.
+    NotStarted {
+        /// The signal.
+        signal: Signal,
+    },
+    /// The deadline passed and the command was stopped. `child` is how the command ended
+    /// (`None`: the deadline had passed before it was started, so it never ran).
     LockLost {
-        /// How the child ended.
+        /// How the command ended.
         child: Option<ChildStatus>,
     },
 }
@@ -134,167 +154,265 @@ impl From<ChildStatus> for Outcome {
     }
 }
 
-/// Run `command` until it and its whole process group are gone, forwarding signals from
-/// `signals`, and stop it as soon as `lock_lost` resolves.
+/// What [`supervise`] reports besides the outcome.
+#[derive(Debug)]
+pub struct Supervised {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Processes of the command that were still running when supervision gave up on them
+    /// ([`AFTER_KILL_TIMEOUT`] after SIGKILL): normally none.
+    pub survivors: Vec<i32>,
+}
+
+/// Runs `command` until it and every process it started are gone, forwarding signals from
+/// `signals`, and stops everything of it once `deadline` passes.
 ///
-/// * Forwarded signals ([`Signal::FORWARDED`]) go to the child's group once each. TERM and INT
-///   also start the stop: SIGKILL to the group if it is still there after `kill_grace`.
-/// * `lock_lost` resolving: SIGTERM to the group at once, SIGKILL after `kill_grace`; returns
-///   [`Outcome::LockLost`] once the group is gone. A lock lost while leftovers of an exited
-///   child are being stopped also gives `LockLost`.
-/// * The child exiting by itself: what is left of its group is stopped (TERM, grace, KILL)
-///   before this returns.
+/// * Forwarded signals ([`Signal::FORWARDED`]) go to the command's group (and the command by
+///   pid) once each. TERM and INT also start the stop: SIGKILL to everything of the command if
+///   anything of it is still there after `kill_grace`.
+/// * `deadline` passing: SIGTERM to everything of the command, SIGKILL after `kill_grace`, from
+///   a thread of its own; returns [`Outcome::LockLost`] once everything is gone. A deadline that
+///   passes while leftovers of an exited command are being stopped also gives `LockLost`.
+/// * The command exiting by itself: what is left of it is stopped (TERM, grace, KILL) before
+///   this returns.
+/// * A stop signal already received, or a deadline already passed, when this is called: the
+///   command is not started.
 ///
-/// Call it on the thread that lives as long as the supervision (the caller's main thread with
-/// a current-thread runtime): the child's PR_SET_PDEATHSIG fires when the thread that spawned it
-/// exits. Dropping the returned future before it completes SIGKILLs the child's group.
+/// Errors are the operating system refusing something basic (a fork, a thread).
+///
+/// Call it on the thread that lives as long as the supervision (the caller's main thread with a
+/// current-thread runtime): the command's PR_SET_PDEATHSIG fires when the thread that spawned it
+/// exits. Dropping the returned future before it completes SIGKILLs everything of the command.
 pub async fn supervise(
     command: ChildCommand,
     options: &SupervisorOptions,
     signals: &mut Signals,
-    lock_lost: impl Future<Output = ()>,
-) -> Outcome {
-    let mut lock_lost = pin!(lock_lost);
-
-    // Pending: never start a child without the lock.
-    tokio::select! {
-        biased;
-        () = &mut lock_lost => return Outcome::LockLost { child: None },
-        () = std::future::ready(()) => {}
+    deadline: &Deadline,
+) -> io::Result<Supervised> {
+    let finished = |outcome| {
+        Ok(Supervised {
+            outcome,
+            survivors: Vec::new(),
+        })
+    };
+    // Pending: never start a command without the lock, nor one we were asked not to run.
+    if deadline.has_passed() {
+        return finished(Outcome::LockLost { child: None });
+    }
+    if let Some(signal) = signals.pending_stop_request() {
+        return finished(Outcome::NotStarted { signal });
     }
 
+    // As PID 1, the kernel kills everything in the namespace when we die: no keeper needed.
+    let keeper = if is_pid1() {
+        None
+    } else {
+        Some(Keeper::start()?)
+    };
     let mut terminal = child::Terminal::probe();
     let mut cmd = child::build(&command, &options.env);
-    child::prepare(&mut cmd, child::Group::Own, terminal.take_for_child());
+    child::prepare(
+        &mut cmd,
+        child::Group::Own,
+        terminal.take_for_child(),
+        keeper.as_ref().map_or(-1, Keeper::report_fd),
+    );
     let spawned = match reaper::spawn(&mut cmd) {
         Ok(spawned) => spawned,
         Err(error) => {
             // The child may have run its pre_exec (and taken the terminal) before exec failed.
             terminal.take_back();
-            let code = if error.kind() == io::ErrorKind::NotFound {
-                127
+            if let Some(keeper) = keeper {
+                keeper.stand_down();
+            }
+            let failure = if error.kind() == io::ErrorKind::NotFound {
+                SpawnFailure::NotFound
             } else {
-                126
+                SpawnFailure::CannotExecute
             };
-            return Outcome::SpawnFailed { code, error };
+            return finished(Outcome::SpawnFailed { failure, error });
         }
     };
-    let pgid = spawned.pid;
-    let mut guard = KillGroupOnDrop(Some(pgid));
-    let outcome = run(pgid, spawned.exit, options.kill_grace, signals, lock_lost).await;
-    guard.0 = None;
+    let tree = Tree {
+        child: spawned.pid,
+        supervisor: std::process::id() as i32,
+        keeper: keeper.as_ref().map(Keeper::pid),
+        descendants: is_pid1() || is_subreaper(),
+    };
+    // Dropped (a cancelled supervision) without standing down: the keeper kills the group.
+    let keeper = StandDownOnFinish(keeper);
+    let kill_switch = KillSwitch::arm(deadline.clone(), tree, options.kill_grace)?;
+    let supervised = Running::new(tree, spawned.exit, options.kill_grace)
+        .run(signals, &kill_switch)
+        .await;
+    kill_switch.disarm();
+    if supervised.survivors.is_empty() {
+        keeper.finish();
+    }
     terminal.take_back();
-    outcome
+    Ok(supervised)
 }
 
-/// The running → stopping → finished part of [`supervise`].
-async fn run(
-    pgid: i32,
-    exit: tokio::sync::oneshot::Receiver<ChildStatus>,
-    kill_grace: Duration,
-    signals: &mut Signals,
-    mut lock_lost: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Outcome {
-    let mut exit = Some(exit);
-    // Set once the main child is reaped.
-    let mut status: Option<ChildStatus> = None;
-    let mut lost = false;
-    // Stopping: when SIGKILL is due (armed by the first stop request, kept thereafter).
-    let mut kill_at: Option<Instant> = None;
-    // Set once SIGKILL was sent.
-    let mut killed_at: Option<Instant> = None;
-    let mut poll = tokio::time::interval(GROUP_POLL_INTERVAL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// The keeper, told to stand down only when supervision finished with nothing left; any other
+/// way out (a panic, a dropped future) lets it kill the command's group.
+struct StandDownOnFinish(Option<Keeper>);
 
-    loop {
-        if let Some(status) = status {
-            // Finished once nothing of the group is left, not when the main child is: a
-            // worker outliving us would run after the caller released the lock.
-            let gone = !child::group_alive(pgid);
-            let given_up = killed_at.is_some_and(|at| at.elapsed() >= AFTER_KILL_TIMEOUT);
-            if given_up && !gone {
-                tracing::warn!(
-                    "process group {pgid} still exists {AFTER_KILL_TIMEOUT:?} after SIGKILL"
-                );
-            }
-            if gone || given_up {
-                return if lost {
-                    Outcome::LockLost {
-                        child: Some(status),
-                    }
-                } else {
-                    status.into()
-                };
-            }
-        }
-        let kill_due = async {
-            match kill_at {
-                Some(at) if killed_at.is_none() => tokio::time::sleep_until(at).await,
-                _ => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            reaped = async { exit.as_mut().expect("guarded by the select condition").await },
-                if exit.is_some() =>
-            {
-                exit = None;
-                // The registry keeps every sender until it sends, so an error means the
-                // registry itself is gone: report the child as lost to SIGKILL, the safe side.
-                let reaped = reaped.unwrap_or(ChildStatus::Signaled(Signal::KILL));
-                status = Some(reaped);
-                if kill_at.is_none() {
-                    // The child exited by itself: stop what is left of its group.
-                    if send_to_group(pgid, Signal::TERM) {
-                        kill_at = Some(Instant::now() + kill_grace);
-                    }
-                }
-            }
-            signal = signals.recv() => {
-                send_to_group(pgid, signal);
-                if signal.is_stop_request() && kill_at.is_none() {
-                    kill_at = Some(Instant::now() + kill_grace);
-                }
-            }
-            () = &mut lock_lost, if !lost => {
-                lost = true;
-                tracing::debug!("lock lost: stopping process group {pgid}");
-                send_to_group(pgid, Signal::TERM);
-                let at = Instant::now() + kill_grace;
-                kill_at = Some(kill_at.map_or(at, |earlier| earlier.min(at)));
-            }
-            () = kill_due => {
-                send_to_group(pgid, Signal::KILL);
-                killed_at = Some(Instant::now());
-            }
-            _ = poll.tick(), if status.is_some() => {}
+impl StandDownOnFinish {
+    fn finish(mut self) {
+        if let Some(keeper) = self.0.take() {
+            keeper.stand_down();
         }
     }
 }
 
-/// Send `signal` to process group `pgid`; false when the group no longer exists.
-fn send_to_group(pgid: i32, signal: Signal) -> bool {
-    let Some(sig) = signal.to_nix() else {
-        tracing::warn!("not forwarding unknown {signal}");
-        return true;
-    };
-    match nix::sys::signal::killpg(Pid::from_raw(pgid), sig) {
-        Ok(()) => true,
-        Err(nix::errno::Errno::ESRCH) => false,
-        Err(e) => {
-            tracing::warn!("sending {signal} to process group {pgid}: {e}");
-            true
-        }
-    }
-}
-
-/// SIGKILLs the child's group if [`supervise`] is dropped before it finished, so a cancelled
-/// supervision never leaves a child running without its lock.
-struct KillGroupOnDrop(Option<i32>);
-
-impl Drop for KillGroupOnDrop {
+impl Drop for StandDownOnFinish {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            send_to_group(pgid, Signal::KILL);
+        // Dropping the keeper closes its pipe: it kills the group.
+        drop(self.0.take());
+    }
+}
+
+/// Where the running → stopping → killed part of [`supervise`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The command runs and nothing asked it to stop.
+    Running,
+    /// A stop signal came, or the command exited and what is left of it must go: TERM was sent,
+    /// SIGKILL is due at `kill_at`.
+    Stopping { kill_at: Instant },
+    /// SIGKILL was sent at `at`; waiting for the processes to be gone.
+    Killed { at: Instant },
+}
+
+/// The state of a running supervision.
+struct Running {
+    tree: Tree,
+    exit: Option<tokio::sync::oneshot::Receiver<ChildStatus>>,
+    kill_grace: Duration,
+    phase: Phase,
+    /// How the command ended, once it is reaped.
+    status: Option<ChildStatus>,
+    /// The kill switch fired: the lock is lost, and the switch stops everything.
+    lost: bool,
+}
+
+impl Running {
+    fn new(
+        tree: Tree,
+        exit: tokio::sync::oneshot::Receiver<ChildStatus>,
+        kill_grace: Duration,
+    ) -> Running {
+        Running {
+            tree,
+            exit: Some(exit),
+            kill_grace,
+            phase: Phase::Running,
+            status: None,
+            lost: false,
+        }
+    }
+
+    /// Starts the stop with `signal` to everything of the command (TERM, or the stop signal
+    /// received, which is forwarded once, not doubled with a TERM): SIGKILL is due after the
+    /// grace. Later stop signals are forwarded; the SIGKILL stays when it was due.
+    fn stop(&mut self, signal: Signal) {
+        self.tree.signal_all(signal);
+        if self.phase == Phase::Running {
+            self.phase = Phase::Stopping {
+                kill_at: Instant::now() + self.kill_grace,
+            };
+        }
+    }
+
+    /// What the supervision ended with, if it has ended: the command reaped and nothing of it
+    /// running (or given up on after SIGKILL).
+    fn finished(&self) -> Option<Supervised> {
+        let status = self.status?;
+        let left: Vec<i32> = self
+            .tree
+            .others_running(&processes::scan())
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        let given_up =
+            matches!(self.phase, Phase::Killed { at } if at.elapsed() >= AFTER_KILL_TIMEOUT);
+        if !left.is_empty() && !given_up {
+            return None;
+        }
+        if !left.is_empty() {
+            tracing::warn!(
+                "processes {left:?} of the command still exist {AFTER_KILL_TIMEOUT:?} after SIGKILL"
+            );
+        }
+        let outcome = if self.lost {
+            Outcome::LockLost {
+                child: Some(status),
+            }
+        } else {
+            status.into()
+        };
+        Some(Supervised {
+            outcome,
+            survivors: left,
+        })
+    }
+
+    async fn run(mut self, signals: &mut Signals, kill_switch: &KillSwitch) -> Supervised {
+        let mut poll = tokio::time::interval(GROUP_POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // The switch's thread may have fired (and its TERM ended the command) before this
+            // loop saw its notification: the command then died of the loss, not by itself.
+            if kill_switch.has_fired() {
+                self.lost = true;
+            }
+            if let Some(supervised) = self.finished() {
+                return supervised;
+            }
+            let kill_due = async {
+                match self.phase {
+                    Phase::Stopping { kill_at } => tokio::time::sleep_until(kill_at).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let waiting_for_leftovers = self.status.is_some() || self.lost;
+            tokio::select! {
+                reaped = async { self.exit.as_mut().expect("guarded by the select condition").await },
+                    if self.exit.is_some() =>
+                {
+                    self.exit = None;
+                    // The registry keeps every sender until it sends, so an error means the
+                    // registry itself is gone: report the child as lost to SIGKILL, the safe side.
+                    self.status = Some(reaped.unwrap_or(ChildStatus::Signaled(Signal::KILL)));
+                    // The command exited by itself: stop what is left of it.
+                    if !self.lost && !kill_switch.has_fired() && self.phase == Phase::Running {
+                        self.stop(Signal::TERM);
+                    }
+                }
+                signal = signals.recv() => {
+                    if signal.is_stop_request() {
+                        self.stop(signal);
+                    } else {
+                        self.tree.signal_command(signal);
+                    }
+                }
+                () = kill_switch.fired(), if !self.lost || self.phase == Phase::Running => {
+                    // The switch sends TERM and, after the grace, KILL. This loop only keeps
+                    // the same clock, to give up on what SIGKILL cannot end.
+                    tracing::debug!("lock lost: the kill switch stops process group {}", self.tree.child);
+                    self.lost = true;
+                    if self.phase == Phase::Running {
+                        self.phase = Phase::Stopping {
+                            kill_at: Instant::now() + self.kill_grace,
+                        };
+                    }
+                }
+                () = kill_due => {
+                    self.tree.signal_all(Signal::KILL);
+                    self.phase = Phase::Killed { at: Instant::now() };
+                }
+                _ = poll.tick(), if waiting_for_leftovers => {}
+            }
         }
     }
 }
@@ -307,7 +425,7 @@ impl Drop for KillGroupOnDrop {
 pub async fn run_hook(program: &OsStr, args: &[&OsStr]) -> io::Result<ChildStatus> {
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
-    child::prepare(&mut cmd, child::Group::Ours, false);
+    child::prepare(&mut cmd, child::Group::Ours, false, -1);
     let spawned = reaper::spawn(&mut cmd)?;
     spawned
         .exit
@@ -327,4 +445,9 @@ pub fn become_subreaper() -> io::Result<()> {
 /// handle signals explicitly (the kernel gives PID 1 no default actions) and reap every zombie.
 pub fn is_pid1() -> bool {
     nix::unistd::getpid().as_raw() == 1
+}
+
+/// Whether this process is a child subreaper (`--subreaper`, or set by whoever started us).
+pub fn is_subreaper() -> bool {
+    nix::sys::prctl::get_child_subreaper().unwrap_or(false)
 }

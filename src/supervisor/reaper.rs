@@ -96,6 +96,26 @@ pub(crate) fn spawn(command: &mut Command) -> io::Result<Spawned> {
     Ok(Spawned { pid, exit, stdin })
 }
 
+/// Sends `signal` to `pid` if it is a child spawned through [`spawn`] that has not been reaped
+/// yet, and is no longer in process group `reached` (which the caller has just signalled, so
+/// that it gets the signal once). Reaping happens under the same lock, so the pid cannot belong
+/// to another process by then. Returns whether it was sent.
+pub(crate) fn signal_unreaped(pid: i32, signal: Signal, reached: i32) -> bool {
+    let registry = registry();
+    if !registry.waiters.contains_key(&pid) {
+        return false;
+    }
+    let group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| super::processes::parse_stat(pid, &stat))
+        .map(|p| p.pgrp);
+    if group == Some(reached) {
+        return false;
+    }
+    // SAFETY: plain syscall with integer arguments.
+    unsafe { libc::kill(pid, signal.as_raw()) == 0 }
+}
+
 fn reap_loop(mut wake: UnixStream) {
     let mut buf = [0u8; 64];
     loop {

@@ -74,6 +74,12 @@ impl Signal {
         self == Signal::TERM || self == Signal::INT
     }
 
+    /// Whether receiving this signal before the command runs means "do not run it": TERM, INT,
+    /// HUP and QUIT end a wait for the lock, and prevent a start.
+    pub fn ends_a_wait(self) -> bool {
+        [Signal::TERM, Signal::INT, Signal::HUP, Signal::QUIT].contains(&self)
+    }
+
     pub(crate) fn to_nix(self) -> Option<NixSignal> {
         NixSignal::try_from(self.0).ok()
     }
@@ -150,6 +156,18 @@ impl Signals {
     pub fn manual() -> (SignalSender, Signals) {
         let (tx, rx) = mpsc::unbounded_channel();
         (SignalSender(tx), Signals { rx, handle: None })
+    }
+
+    /// A stop request (TERM, INT, HUP, QUIT) received and not read yet, if any; every other
+    /// signal received so far is dropped (there is no command yet to forward it to).
+    pub fn pending_stop_request(&mut self) -> Option<Signal> {
+        let mut stop = None;
+        while let Ok(signal) = self.rx.try_recv() {
+            if stop.is_none() && signal.ends_a_wait() {
+                stop = Some(signal);
+            }
+        }
+        stop
     }
 
     /// The next received signal, in arrival order. Pends forever when no signal can come any

@@ -23,3 +23,12 @@ pub(crate) fn report(line: &str) {
 pub(crate) fn skip(test: &str, reason: &str) {
     report(&format!("SKIP {test}: {reason}"));
 }
+
+/// The value consullock 4.2 stores in a lock key it holds with `session`: pretty-printed JSON
+/// with sorted keys. Tests that take a lock by hand store this, so that consullock sees a lock
+/// (a key holding anything else is refused untouched).
+pub(crate) fn lock_value(key: &str, session: &str) -> String {
+    format!(
+        "{{\n    \"created\": \"2017-11-30T14:55:49.322108\",\n    \"key\": \"{key}\",\n    \"metadata\": null,\n    \"secondsToLock\": 2.6241003070026636e-05,\n    \"session\": \"{session}\"\n}}"
+    )
+}
