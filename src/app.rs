@@ -335,6 +335,7 @@ async fn run_dev_server(args: DevServerArgs, verbose: u8) -> Result<i32, Error> 
         acl_token: args.acl_token,
         verbose,
         test_faults: args.test_faults,
+        node: args.node,
     })
     .await?;
     Ok(exit::SUCCESS)

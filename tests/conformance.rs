@@ -1094,6 +1094,68 @@ fn agent_self(c: &TestConsul) {
     );
     assert!(agent["Config"]["Datacenter"].is_string());
     assert!(agent["Member"].is_object());
+    assert_eq!(agent["Member"]["Name"], agent["Config"]["NodeName"]);
+    assert!(agent["Meta"].is_object(), "{agent}");
+}
+
+/// `Config.Version` is a plain release number (`X.Y.Z`, perhaps with a `-suffix`) that version
+/// parsers accept; `Server` is a bool.
+fn agent_self_version(c: &TestConsul) {
+    let agent = c.get("/v1/agent/self").json();
+    let version = agent["Config"]["Version"].as_str().expect("Version");
+    let release = version.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = release.split('.').collect();
+    assert_eq!(parts.len(), 3, "{version}");
+    assert!(
+        parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+        "{version}"
+    );
+    assert!(agent["Config"]["Server"].is_boolean());
+    assert_eq!(agent["Stats"]["build"]["version"].as_str(), Some(release));
+}
+
+/// `Stats` is a map of maps of strings (Go's `map[string]map[string]string`); `Stats.consul` has
+/// what `Server.Stats` gives on a server (`agent/consul/server.go`) and what `Client.Stats` gives
+/// on a client agent (`agent/consul/client.go`).
+fn agent_self_stats(c: &TestConsul) {
+    let agent = c.get("/v1/agent/self").json();
+    let stats = agent["Stats"].as_object().expect("Stats is an object");
+    for (section, fields) in stats {
+        let fields = fields
+            .as_object()
+            .unwrap_or_else(|| panic!("Stats.{section} is not an object"));
+        for (name, value) in fields {
+            assert!(value.is_string(), "Stats.{section}.{name} = {value}");
+        }
+    }
+    let consul = &agent["Stats"]["consul"];
+    let server = consul["server"].as_str().expect("server");
+    let is_bool = |v: &Value| matches!(v.as_str(), Some("true" | "false"));
+    if server == "true" {
+        assert!(is_bool(&consul["leader"]), "{consul}");
+        assert!(is_bool(&consul["bootstrap"]), "{consul}");
+        let leader = consul["leader_addr"].as_str().expect("leader_addr");
+        assert!(leader.contains(':'), "{consul}");
+        assert_eq!(c.get("/v1/status/leader").json().as_str(), Some(leader));
+        let known: u64 = consul["known_datacenters"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("known_datacenters");
+        assert!(known >= 1);
+        assert!(matches!(
+            consul["acl"].as_str(),
+            Some("enabled" | "disabled")
+        ));
+    } else {
+        assert_eq!(server, "false");
+        let known: Option<u64> = consul["known_servers"]
+            .as_str()
+            .and_then(|v| v.parse().ok());
+        assert!(known.is_some(), "{consul}");
+    }
+    assert!(agent["Stats"]["raft"].is_object() || server == "false");
 }
 
 fn unknown_datacenter_is_500(c: &TestConsul) {
@@ -1219,6 +1281,48 @@ fn devserver_verbose_log_redacts_tokens(_: &TestConsul) {
     );
 }
 
+/// Needs a dev server started with `--node`.
+fn devserver_node_name(_: &TestConsul) {
+    let c = TestConsul::start_dev_server(&["--node", "node1"]);
+    let agent = c.get("/v1/agent/self").json();
+    assert_eq!(agent["Config"]["NodeName"], "node1");
+    assert_eq!(agent["Member"]["Name"], "node1");
+    let s = session(&c, json!({}));
+    assert_eq!(info(&c, &s.id)[0]["Node"], "node1");
+    let on_node = c.get("/v1/session/node/node1").json();
+    assert_eq!(on_node.as_array().map(Vec::len), Some(1), "{on_node}");
+    assert_eq!(c.get("/v1/session/node/other").json(), json!([]));
+    // A session for any other node is refused as Consul refuses an unregistered node.
+    let r = c.put("/v1/session/create", br#"{"Node": "other"}"#);
+    assert_text(&r, 500, "Missing node registration");
+}
+
+/// Needs the dev server: it says what it is (its `Meta`, the ACL stat of a token).
+fn devserver_agent_self_says_what_it_is(_: &TestConsul) {
+    let c = TestConsul::start_dev_server(&["--acl-token", "secret"]);
+    let agent = c.get("/v1/agent/self").json();
+    let version = agent["Config"]["Version"].as_str().unwrap().to_string();
+    assert_eq!(
+        agent["Meta"]["consul-version"].as_str(),
+        Some(version.as_str())
+    );
+    assert!(
+        agent["Meta"]["consullock-dev-server"].is_string(),
+        "{agent}"
+    );
+    assert_eq!(agent["Stats"]["consul"]["acl"], "enabled");
+    assert_eq!(agent["Stats"]["consul"]["server"], "true");
+    assert_eq!(agent["Stats"]["consul"]["leader"], "true");
+    assert!(agent["Stats"]["consul"].get("known_servers").is_none());
+    let line = c
+        .server_log()
+        .into_iter()
+        .find(|l| l.contains("listening on"))
+        .unwrap();
+    assert!(line.contains(&format!("Consul {version}")), "{line}");
+    assert!(line.contains("consullock"), "{line}");
+}
+
 /// Every case, by name, for this file's tests and for `tests/container.rs`.
 macro_rules! cases {
     ($($name:ident),* $(,)?) => {
@@ -1294,10 +1398,14 @@ cases![
     enterprise_parameters_are_refused,
     status_endpoints,
     agent_self,
+    agent_self_version,
+    agent_self_stats,
     unknown_datacenter_is_500,
     routing_404_and_405,
     devserver_acl_token,
     devserver_stats,
     devserver_startup_line,
     devserver_verbose_log_redacts_tokens,
+    devserver_node_name,
+    devserver_agent_self_says_what_it_is,
 ];

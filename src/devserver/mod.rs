@@ -35,6 +35,12 @@ use tokio::sync::{Notify, watch};
 
 use state::Store;
 
+/// The Consul release whose HTTP API the dev server follows, reported as `Config.Version` by
+/// `/v1/agent/self` so that clients gating features on the version parse a real one. 1.21.0 is
+/// the last release before the KV key-name validation of 1.21.5/1.22.0, which the dev server
+/// does not implement.
+pub const CONSUL_VERSION: &str = "1.21.0";
+
 /// Node name used when the host name cannot be read.
 const FALLBACK_NODE_NAME: &str = "consullock-dev";
 
@@ -50,6 +56,9 @@ pub struct Options {
     /// Serve the test-only fault control endpoint `/_devserver/faults` (see [`faults`]); when
     /// false it answers 404 and no fault can be injected.
     pub test_faults: bool,
+    /// The agent's node name (Consul's `-node`); the host name when unset, as for a Consul dev
+    /// agent.
+    pub node: Option<String>,
 }
 
 impl Default for Options {
@@ -60,6 +69,7 @@ impl Default for Options {
             acl_token: None,
             verbose: 0,
             test_faults: false,
+            node: None,
         }
     }
 }
@@ -76,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) acl_token: Option<String>,
     pub(crate) verbose: bool,
     pub(crate) node: String,
+    /// The node's ID, a random UUID like a dev agent's.
+    pub(crate) node_id: String,
     /// HTTP requests served, excluding `/_devserver/*`.
     pub(crate) requests: AtomicU64,
     /// Test-only faults, when enabled.
@@ -83,7 +95,8 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new(options: &Options, node: String) -> Self {
+    fn new(options: &Options) -> Self {
+        let node = options.node.clone().unwrap_or_else(node_name);
         let store = Store::new(&node);
         let (changes, _) = watch::channel(store.index());
         Shared {
@@ -93,6 +106,7 @@ impl Shared {
             acl_token: options.acl_token.clone(),
             verbose: options.verbose > 0,
             node,
+            node_id: uuid::Uuid::new_v4().to_string(),
             requests: AtomicU64::new(0),
             faults: options.test_faults.then(faults::Faults::default),
         }
@@ -168,14 +182,15 @@ async fn expire_sessions(shared: Arc<Shared>) {
 pub async fn run(options: Options) -> std::io::Result<()> {
     let listener = TcpListener::bind(options.listen).await?;
     let bound = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(&options, node_name()));
+    let shared = Arc::new(Shared::new(&options));
     // Register signal handlers before announcing readiness, so a test that signals right after
     // reading the line is handled.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     eprintln!(
-        "consullock dev-server listening on http://{bound} (in-memory, for development and tests \
-         only; keeps nothing on disk; no replacement for Consul)"
+        "consullock dev-server listening on http://{bound} (consullock's dev server speaking \
+         Consul {CONSUL_VERSION}'s HTTP API; in-memory, for development and tests only; keeps \
+         nothing on disk; no replacement for Consul)"
     );
     tokio::select! {
         _ = interrupt.recv() => Ok(()),
@@ -204,7 +219,7 @@ impl DevServer {
     pub async fn start(options: Options) -> std::io::Result<DevServer> {
         let listener = TcpListener::bind(options.listen).await?;
         let address = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(&options, node_name()));
+        let shared = Arc::new(Shared::new(&options));
         let task = tokio::spawn(serve(listener, shared));
         Ok(DevServer { address, task })
     }
