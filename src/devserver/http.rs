@@ -18,7 +18,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::{Shared, duration, faults, kv, session};
+use super::{Shared, duration, faults, kv, session, txn};
 
 /// Response body type of every answer.
 pub(crate) type Body = Full<Bytes>;
@@ -204,7 +204,8 @@ pub(crate) enum Consistency {
 }
 
 impl Consistency {
-    fn header(self) -> &'static str {
+    /// The `X-Consul-Effective-Consistency` value.
+    pub(crate) fn header(self) -> &'static str {
         match self {
             Consistency::Leader => "leader",
             Consistency::Consistent => "consistent",
@@ -223,6 +224,24 @@ pub(crate) struct Options {
     pub(crate) wait: Option<i64>,
     /// `?index`; 0 means a plain read.
     pub(crate) index: u64,
+}
+
+impl Options {
+    /// What a write reads from the query (Consul's `parseDC` and `parseToken`): no consistency
+    /// or blocking options, which writes ignore.
+    pub(crate) fn write(call: &Call) -> Options {
+        Options {
+            dc: call
+                .query
+                .get("dc")
+                .filter(|d| !d.is_empty())
+                .map(str::to_string),
+            token: call.token(),
+            consistency: Consistency::Leader,
+            wait: None,
+            index: 0,
+        }
+    }
 }
 
 /// Go's `strconv.ParseUint(text, 10, 64)` with its error text.
@@ -311,6 +330,20 @@ fn authorize(shared: &Shared, token: Option<&str>) -> Result<(), Failure> {
     match token {
         None | Some("") => Err(Failure::new(StatusCode::FORBIDDEN, "Permission denied")),
         Some(t) if t == expected => Ok(()),
+        Some(_) => Err(Failure::new(StatusCode::FORBIDDEN, "ACL not found")),
+    }
+}
+
+/// Resolves a token as Consul's ACL resolver does for endpoints that check each item
+/// themselves: `Ok(true)` for the anonymous token (no token while ACLs are on), which may do
+/// nothing; `Ok(false)` for a token that may do everything; an unknown token is a 403.
+pub(crate) fn resolve_token(shared: &Shared, token: Option<&str>) -> Result<bool, Failure> {
+    let Some(expected) = &shared.acl_token else {
+        return Ok(false);
+    };
+    match token {
+        None | Some("") => Ok(true),
+        Some(t) if t == expected => Ok(false),
         Some(_) => Err(Failure::new(StatusCode::FORBIDDEN, "ACL not found")),
     }
 }
@@ -593,6 +626,9 @@ async fn route(shared: &Arc<Shared>, call: &Call) -> Outcome {
     }
     if let Some(rest) = path.strip_prefix("/v1/session/") {
         return session::endpoint(shared, call, rest).await;
+    }
+    if path == "/v1/txn" {
+        return txn::endpoint(shared, call);
     }
     match path {
         "/v1/status/leader" => {

@@ -20,7 +20,7 @@ const KV_MAX_VALUE_SIZE: u64 = 512 * 1024;
 /// A KV entry as Consul's `DirEntry` serializes: Value base64 or null, Session omitted empty.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct EntryJson<'a> {
+pub(crate) struct EntryJson<'a> {
     lock_index: u64,
     key: &'a str,
     flags: u64,
@@ -31,7 +31,7 @@ struct EntryJson<'a> {
     modify_index: u64,
 }
 
-fn entry_json(entry: &Entry) -> EntryJson<'_> {
+pub(crate) fn entry_json(entry: &Entry) -> EntryJson<'_> {
     EntryJson {
         lock_index: entry.lock_index,
         key: &entry.key,

@@ -20,6 +20,7 @@ mod http;
 mod kv;
 mod session;
 mod state;
+mod txn;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -132,6 +133,8 @@ impl Shared {
             let mut store = self.lock();
             let before = store.index();
             let result = f(&mut store, Instant::now());
+            // Blocking queries re-check on any change for now; drain the record of what changed.
+            store.take_changes();
             (result, before, store.index())
         };
         if after != before {
