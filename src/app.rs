@@ -336,6 +336,7 @@ async fn run_dev_server(args: DevServerArgs, verbose: u8) -> Result<i32, Error> 
         verbose,
         test_faults: args.test_faults,
         node: args.node,
+        ..Default::default()
     })
     .await?;
     Ok(exit::SUCCESS)

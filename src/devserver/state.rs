@@ -15,7 +15,7 @@
 //! Test-only faults (a leaderless period, 429s, an index going backwards; see `faults`) sit in
 //! the HTTP layer in front of this store; the store itself stays a faithful model.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -32,6 +32,8 @@ pub(crate) const SESSION_TTL_MIN: Duration = Duration::from_secs(10);
 pub(crate) const SESSION_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Consul's `MaxLockDelay`: longer lock-delays are stored but capped when applied.
 pub(crate) const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+/// Consul's `tombstone_ttl_granularity`: tombstones deleted within this span are reaped together.
+pub(crate) const TOMBSTONE_GRANULARITY: Duration = Duration::from_secs(30);
 /// Consul's default session lock-delay.
 pub(crate) const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 
@@ -138,6 +140,12 @@ pub(crate) struct Store {
     tombstones: BTreeMap<String, u64>,
     /// Key → instant before which `?acquire` is refused.
     lock_delays: HashMap<String, Instant>,
+    /// How long a tombstone lives before it may be reaped (Consul's `tombstone_ttl`).
+    tombstone_ttl: Duration,
+    /// Consul's tombstone GC hints: when to reap, and every tombstone up to which index.
+    reap_plan: VecDeque<(Instant, u64)>,
+    /// The highest index of a tombstone not yet in `reap_plan`.
+    unplanned_tombstone: u64,
     /// The transaction being applied, if any: its one index and what to restore on failure.
     txn: Option<Undo>,
     /// Keys written or deleted (tombstones included) since the last [`Store::take_changes`].
@@ -154,6 +162,7 @@ struct Undo {
     index_before: u64,
     kv_index_before: u64,
     changed_keys_before: usize,
+    unplanned_tombstone_before: u64,
     /// Each touched key's entry and tombstone before its first change.
     kv: HashMap<String, (Option<Entry>, Option<u64>)>,
 }
@@ -212,7 +221,7 @@ fn check_uuid(id: &str) -> Result<(), String> {
 impl Store {
     /// An empty store for the single node `node`. The global index starts at 1, standing for
     /// the node's own registration, so no write is ever stamped 0 or 1.
-    pub(crate) fn new(node: &str) -> Self {
+    pub(crate) fn new(node: &str, tombstone_ttl: Duration) -> Self {
         Store {
             node: node.to_string(),
             index: 1,
@@ -222,6 +231,9 @@ impl Store {
             kv_index: 0,
             tombstones: BTreeMap::new(),
             lock_delays: HashMap::new(),
+            tombstone_ttl,
+            reap_plan: VecDeque::new(),
+            unplanned_tombstone: 0,
             txn: None,
             changed_keys: Vec::new(),
             sessions_changed: false,
@@ -289,7 +301,74 @@ impl Store {
         if self.kv.remove(key).is_some() {
             self.tombstones.insert(key.to_string(), index);
             self.kv_index = index;
+            self.unplanned_tombstone = index;
             self.changed_keys.push(key.to_string());
+        }
+    }
+
+    /// Plans the reaping of the tombstones written since the last call, `tombstone_ttl` from
+    /// `now`, grouped in spans of [`TOMBSTONE_GRANULARITY`] as Consul's `TombstoneGC.Hint` does
+    /// (`agent/consul/state/tombstone_gc.go`). Called after every write.
+    pub(crate) fn plan_reaping(&mut self, now: Instant) {
+        if self.unplanned_tombstone == 0 {
+            return;
+        }
+        let index = std::mem::take(&mut self.unplanned_tombstone);
+        let expires = now + self.tombstone_ttl;
+        match self.reap_plan.back_mut() {
+            Some((at, max)) if *at >= expires => *max = (*max).max(index),
+            _ => self
+                .reap_plan
+                .push_back((expires + TOMBSTONE_GRANULARITY, index)),
+        }
+    }
+
+    /// Reaps the tombstones whose time has come (Consul's leader issues `ReapTombstones` with
+    /// the highest index of the expired span). The reap is itself a write: it takes an index,
+    /// which becomes the KV table's, so a read of a prefix that held only reaped tombstones
+    /// answers a higher index than before, never a lower one (`kvsListTxn` falls back to the
+    /// table index). Returns how many were reaped.
+    pub(crate) fn reap_tombstones(&mut self, now: Instant) -> usize {
+        let mut up_to = 0;
+        while let Some(&(at, max)) = self.reap_plan.front() {
+            if at > now {
+                break;
+            }
+            up_to = up_to.max(max);
+            self.reap_plan.pop_front();
+        }
+        if up_to == 0 {
+            return 0;
+        }
+        let reaped: Vec<String> = self
+            .tombstones
+            .iter()
+            .filter(|(_, index)| **index <= up_to)
+            .map(|(key, _)| key.clone())
+            .collect();
+        if reaped.is_empty() {
+            return 0;
+        }
+        for key in &reaped {
+            self.tombstones.remove(key);
+        }
+        self.kv_index = self.next_index();
+        let count = reaped.len();
+        self.changed_keys.extend(reaped);
+        count
+    }
+
+    /// Number of tombstones kept.
+    pub(crate) fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// The next instant the timer task has work: a session's 2×TTL or a tombstone reap.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let reap = self.reap_plan.front().map(|(at, _)| *at);
+        match (self.next_expiry(), reap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -746,6 +825,7 @@ impl Store {
             index_before: self.index,
             kv_index_before: self.kv_index,
             changed_keys_before: self.changed_keys.len(),
+            unplanned_tombstone_before: self.unplanned_tombstone,
             kv: HashMap::new(),
         });
         let mut results = Vec::new();
@@ -780,6 +860,7 @@ impl Store {
         self.index = undo.index_before;
         self.kv_index = undo.kv_index_before;
         self.changed_keys.truncate(undo.changed_keys_before);
+        self.unplanned_tombstone = undo.unplanned_tombstone_before;
         Err(errors)
     }
 
@@ -893,7 +974,45 @@ mod tests {
     const NODE: &str = "node1";
 
     fn store() -> Store {
-        Store::new(NODE)
+        Store::new(NODE, Duration::from_secs(900))
+    }
+
+    #[test]
+    fn tombstones_are_reaped_after_their_ttl_and_indexes_never_slide_back() {
+        let mut s = store();
+        let now = Instant::now();
+        s.kv_set("p/a", vec![], 0);
+        s.kv_set("p/b", vec![], 0);
+        s.kv_set("q", vec![], 0);
+        s.kv_delete("p/a");
+        s.kv_delete("q");
+        s.plan_reaping(now);
+        let later = now + Duration::from_secs(10);
+        s.kv_delete("p/b");
+        s.plan_reaping(later);
+        // All three fall in one span of the granularity.
+        assert_eq!(s.reap_plan.len(), 1);
+        let (before_prefix, _) = s.kv_list("p/");
+        let (before_q, _) = s.kv_get("q");
+        assert_eq!(s.reap_tombstones(now + Duration::from_secs(899)), 0);
+        assert_eq!(s.next_deadline(), Some(now + Duration::from_secs(930)));
+        assert_eq!(s.reap_tombstones(now + Duration::from_secs(930)), 3);
+        assert_eq!(s.tombstone_count(), 0);
+        // An emptied prefix and a missing key answer the table index, which the reap moved on.
+        assert!(s.kv_list("p/").0 > before_prefix);
+        assert!(s.kv_get("q").0 > before_q);
+        assert_eq!(s.take_changes().keys.len(), 3 + 3 + 3);
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn failed_txn_plans_no_reaping() {
+        let mut s = store();
+        s.kv_set("k", vec![], 0);
+        let ops = [op("delete", "k"), op("get", "missing")];
+        assert!(s.txn_write(&ops).is_err());
+        s.plan_reaping(Instant::now());
+        assert!(s.reap_plan.is_empty());
     }
 
     fn session_with(store: &mut Store, now: Instant, edit: impl FnOnce(&mut NewSession)) -> String {

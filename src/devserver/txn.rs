@@ -46,6 +46,16 @@ pub(crate) fn too_large(length: u64) -> Failure {
     )
 }
 
+/// The 413 for a body without `Content-Length` that turned out too long while being read.
+pub(crate) fn too_long() -> Failure {
+    Failure::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "Request body too large, max size: {TXN_MAX_REQ_LEN} bytes. See {TXN_MAX_REQ_LEN_DOC}."
+        ),
+    )
+}
+
 /// One decoded op.
 enum Op {
     Kv(TxnKvOp),
