@@ -1183,6 +1183,61 @@ fn routing_404_and_405(c: &TestConsul) {
     );
 }
 
+/// A path that is not clean is redirected to the cleaned path by Go's `ServeMux` before any
+/// endpoint sees it (so `../` never reaches the KV store), query kept.
+fn unclean_paths_are_redirected(c: &TestConsul) {
+    let r = c.put("/v1/kv/../session/create", b"");
+    assert_eq!(r.status, 301, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/v1/session/create"));
+    let key = c.unique_key("clean");
+    let r = c.get(&format!("/v1/kv/{key}/./x//y?raw"));
+    assert_eq!(r.status, 301, "{}", r.text());
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v1/kv/{key}/x/y?raw").as_str())
+    );
+    assert_eq!(c.get("/v1/kv/?keys").status, 200);
+    let keys = c.get("/v1/kv/?keys").json();
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| !k.as_str().unwrap().contains("..")),
+        "{keys}"
+    );
+}
+
+/// A path with a non-printable character is refused with an empty 400
+/// (`cleanhttp.PrintablePathCheckHandler`).
+fn non_printable_paths_are_400(c: &TestConsul) {
+    let key = c.unique_key("ctl");
+    for path in [
+        format!("/v1/kv/{key}%01"),
+        format!("/v1/kv/{key}%7F"),
+        format!("/v1/kv/{key}%C2%A0"),
+    ] {
+        let r = c.put(&path, b"x");
+        assert_eq!((r.status, r.body.len()), (400, 0), "{path}: {}", r.text());
+    }
+    assert_eq!(c.get(&format!("/v1/kv/{key}?recurse")).status, 404);
+}
+
+/// Keys are bytes: two keys that differ only in bytes that are not UTF-8 are two keys (JSON shows
+/// each such byte as U+FFFD, as Go's encoder does).
+fn non_utf8_keys_stay_distinct(c: &TestConsul) {
+    let prefix = c.unique_key("bytes");
+    assert!(put_bool(c, &format!("/v1/kv/{prefix}/%FF"), b"ff"));
+    assert!(put_bool(c, &format!("/v1/kv/{prefix}/%FE"), b"fe"));
+    assert_eq!(c.get(&format!("/v1/kv/{prefix}/%FF?raw")).body, b"ff");
+    assert_eq!(c.get(&format!("/v1/kv/{prefix}/%FE?raw")).body, b"fe");
+    let keys = c.get(&format!("/v1/kv/{prefix}/?keys")).json();
+    assert_eq!(
+        keys,
+        json!([format!("{prefix}/\u{FFFD}"), format!("{prefix}/\u{FFFD}")])
+    );
+    assert!(delete_bool(c, &format!("/v1/kv/{prefix}?recurse")));
+}
+
 // ---- transactions (`PUT /v1/txn`) --------------------------------------------------------
 
 fn b64(bytes: &[u8]) -> String {
@@ -1859,6 +1914,9 @@ cases![
     agent_self_stats,
     unknown_datacenter_is_500,
     routing_404_and_405,
+    unclean_paths_are_redirected,
+    non_printable_paths_are_400,
+    non_utf8_keys_stay_distinct,
     txn_lock_then_get,
     txn_one_index_for_the_whole_transaction,
     txn_failure_applies_nothing,
