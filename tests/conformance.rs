@@ -1094,6 +1094,68 @@ fn agent_self(c: &TestConsul) {
     );
     assert!(agent["Config"]["Datacenter"].is_string());
     assert!(agent["Member"].is_object());
+    assert_eq!(agent["Member"]["Name"], agent["Config"]["NodeName"]);
+    assert!(agent["Meta"].is_object(), "{agent}");
+}
+
+/// `Config.Version` is a plain release number (`X.Y.Z`, perhaps with a `-suffix`) that version
+/// parsers accept; `Server` is a bool.
+fn agent_self_version(c: &TestConsul) {
+    let agent = c.get("/v1/agent/self").json();
+    let version = agent["Config"]["Version"].as_str().expect("Version");
+    let release = version.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = release.split('.').collect();
+    assert_eq!(parts.len(), 3, "{version}");
+    assert!(
+        parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+        "{version}"
+    );
+    assert!(agent["Config"]["Server"].is_boolean());
+    assert_eq!(agent["Stats"]["build"]["version"].as_str(), Some(release));
+}
+
+/// `Stats` is a map of maps of strings (Go's `map[string]map[string]string`); `Stats.consul` has
+/// what `Server.Stats` gives on a server (`agent/consul/server.go`) and what `Client.Stats` gives
+/// on a client agent (`agent/consul/client.go`).
+fn agent_self_stats(c: &TestConsul) {
+    let agent = c.get("/v1/agent/self").json();
+    let stats = agent["Stats"].as_object().expect("Stats is an object");
+    for (section, fields) in stats {
+        let fields = fields
+            .as_object()
+            .unwrap_or_else(|| panic!("Stats.{section} is not an object"));
+        for (name, value) in fields {
+            assert!(value.is_string(), "Stats.{section}.{name} = {value}");
+        }
+    }
+    let consul = &agent["Stats"]["consul"];
+    let server = consul["server"].as_str().expect("server");
+    let is_bool = |v: &Value| matches!(v.as_str(), Some("true" | "false"));
+    if server == "true" {
+        assert!(is_bool(&consul["leader"]), "{consul}");
+        assert!(is_bool(&consul["bootstrap"]), "{consul}");
+        let leader = consul["leader_addr"].as_str().expect("leader_addr");
+        assert!(leader.contains(':'), "{consul}");
+        assert_eq!(c.get("/v1/status/leader").json().as_str(), Some(leader));
+        let known: u64 = consul["known_datacenters"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("known_datacenters");
+        assert!(known >= 1);
+        assert!(matches!(
+            consul["acl"].as_str(),
+            Some("enabled" | "disabled")
+        ));
+    } else {
+        assert_eq!(server, "false");
+        let known: Option<u64> = consul["known_servers"]
+            .as_str()
+            .and_then(|v| v.parse().ok());
+        assert!(known.is_some(), "{consul}");
+    }
+    assert!(agent["Stats"]["raft"].is_object() || server == "false");
 }
 
 fn unknown_datacenter_is_500(c: &TestConsul) {
@@ -1118,6 +1180,468 @@ fn routing_404_and_405(c: &TestConsul) {
         c.request("PATCH", &format!("/v1/kv/{}", c.unique_key("m")), b"")
             .status,
         405
+    );
+}
+
+/// A path that is not clean is redirected to the cleaned path by Go's `ServeMux` before any
+/// endpoint sees it (so `../` never reaches the KV store), query kept.
+fn unclean_paths_are_redirected(c: &TestConsul) {
+    let r = c.put("/v1/kv/../session/create", b"");
+    assert_eq!(r.status, 301, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/v1/session/create"));
+    let key = c.unique_key("clean");
+    let r = c.get(&format!("/v1/kv/{key}/./x//y?raw"));
+    assert_eq!(r.status, 301, "{}", r.text());
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v1/kv/{key}/x/y?raw").as_str())
+    );
+    assert_eq!(c.get("/v1/kv/?keys").status, 200);
+    let keys = c.get("/v1/kv/?keys").json();
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| !k.as_str().unwrap().contains("..")),
+        "{keys}"
+    );
+}
+
+/// A path with a non-printable character is refused with an empty 400
+/// (`cleanhttp.PrintablePathCheckHandler`).
+fn non_printable_paths_are_400(c: &TestConsul) {
+    let key = c.unique_key("ctl");
+    for path in [
+        format!("/v1/kv/{key}%01"),
+        format!("/v1/kv/{key}%7F"),
+        format!("/v1/kv/{key}%C2%A0"),
+    ] {
+        let r = c.put(&path, b"x");
+        assert_eq!((r.status, r.body.len()), (400, 0), "{path}: {}", r.text());
+    }
+    assert_eq!(c.get(&format!("/v1/kv/{key}?recurse")).status, 404);
+}
+
+/// Keys are bytes: two keys that differ only in bytes that are not UTF-8 are two keys (JSON shows
+/// each such byte as U+FFFD, as Go's encoder does).
+fn non_utf8_keys_stay_distinct(c: &TestConsul) {
+    let prefix = c.unique_key("bytes");
+    assert!(put_bool(c, &format!("/v1/kv/{prefix}/%FF"), b"ff"));
+    assert!(put_bool(c, &format!("/v1/kv/{prefix}/%FE"), b"fe"));
+    assert_eq!(c.get(&format!("/v1/kv/{prefix}/%FF?raw")).body, b"ff");
+    assert_eq!(c.get(&format!("/v1/kv/{prefix}/%FE?raw")).body, b"fe");
+    let keys = c.get(&format!("/v1/kv/{prefix}/?keys")).json();
+    assert_eq!(
+        keys,
+        json!([format!("{prefix}/\u{FFFD}"), format!("{prefix}/\u{FFFD}")])
+    );
+    assert!(delete_bool(c, &format!("/v1/kv/{prefix}?recurse")));
+}
+
+// ---- transactions (`PUT /v1/txn`) --------------------------------------------------------
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `PUT /v1/txn` with a JSON body.
+fn txn(c: &TestConsul, ops: Value) -> Response {
+    c.put("/v1/txn", ops.to_string().as_bytes())
+}
+
+/// The `What` of each error of a 409, by op index.
+fn txn_errors(r: &Response) -> Vec<(u64, String)> {
+    assert_eq!(r.status, 409, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["Results"], Value::Null, "{body}");
+    body["Errors"]
+        .as_array()
+        .expect("Errors")
+        .iter()
+        .map(|e| {
+            (
+                e["OpIndex"].as_u64().expect("OpIndex"),
+                e["What"].as_str().expect("What").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `lock` acquires as `?acquire` does (LockIndex 1, the session, no value in the result) and the
+/// `get` after it reads the same commit, value included (`agent/consul/state/txn.go`).
+fn txn_lock_then_get(c: &TestConsul) {
+    let key = c.unique_key("txn-lock");
+    let s = session(c, json!({"LockDelay": "0s"}));
+    let r = txn(
+        c,
+        json!([
+            {"KV": {"Verb": "lock", "Key": key, "Value": b64(b"holder"), "Flags": 7, "Session": s.id}},
+            {"KV": {"Verb": "get", "Key": key}},
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["Errors"], Value::Null, "{body}");
+    let locked = &body["Results"][0]["KV"];
+    let read = &body["Results"][1]["KV"];
+    assert_eq!(locked["LockIndex"], 1, "{body}");
+    assert_eq!(locked["Session"], json!(s.id));
+    assert_eq!(locked["Value"], Value::Null);
+    assert_eq!(locked["Flags"], 7);
+    assert_eq!(value_of(read), b"holder");
+    assert_eq!(read["ModifyIndex"], locked["ModifyIndex"]);
+    let stored = entry(c, &key);
+    assert_eq!(stored["ModifyIndex"], locked["ModifyIndex"]);
+    assert_eq!(stored["Session"], json!(s.id));
+    // Locking again with the same session keeps LockIndex, as `?acquire` does.
+    let r = txn(
+        c,
+        json!([{"KV": {"Verb": "lock", "Key": key, "Session": s.id}}]),
+    );
+    assert_eq!(r.json()["Results"][0]["KV"]["LockIndex"], 1);
+    assert!(delete_bool(c, &format!("/v1/kv/{key}")));
+}
+
+/// Every entry a transaction writes takes the same ModifyIndex.
+fn txn_one_index_for_the_whole_transaction(c: &TestConsul) {
+    let a = c.unique_key("txn-a");
+    let b = c.unique_key("txn-b");
+    let gone = c.unique_key("txn-gone");
+    assert!(put_bool(c, &format!("/v1/kv/{gone}"), b"x"));
+    let r = txn(
+        c,
+        json!([
+            {"KV": {"Verb": "set", "Key": a, "Value": b64(b"1")}},
+            {"KV": {"Verb": "delete", "Key": gone}},
+            {"KV": {"Verb": "set", "Key": b, "Value": b64(b"2")}},
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let results = r.json()["Results"].clone();
+    assert_eq!(results.as_array().map(Vec::len), Some(2), "{results}");
+    assert_eq!(
+        results[0]["KV"]["ModifyIndex"],
+        results[1]["KV"]["ModifyIndex"]
+    );
+    assert_eq!(results[0]["KV"]["Value"], Value::Null);
+    let index = results[0]["KV"]["ModifyIndex"].as_u64().unwrap();
+    assert_eq!(entry(c, &b)["ModifyIndex"], index);
+    assert_eq!(c.get(&format!("/v1/kv/{gone}")).status, 404);
+    for key in [a, b] {
+        assert!(delete_bool(c, &format!("/v1/kv/{key}")));
+    }
+}
+
+/// One failed op: 409 with every error, and nothing of the transaction is applied.
+fn txn_failure_applies_nothing(c: &TestConsul) {
+    let key = c.unique_key("txn-k");
+    let fresh = c.unique_key("txn-fresh");
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"v"));
+    let index = entry(c, &key)["ModifyIndex"].as_u64().unwrap();
+    let r = txn(
+        c,
+        json!([
+            {"KV": {"Verb": "set", "Key": fresh, "Value": b64(b"new")}},
+            {"KV": {"Verb": "cas", "Key": key, "Value": b64(b"w"), "Index": index + 1000}},
+            {"KV": {"Verb": "delete", "Key": key}},
+            {"KV": {"Verb": "check-index", "Key": key, "Index": index}},
+        ]),
+    );
+    assert_eq!(
+        txn_errors(&r),
+        vec![
+            (1, format!("failed to set key {key:?}, index is stale")),
+            (
+                3,
+                format!("failed to check index, key {key:?} doesn't exist")
+            ),
+        ]
+    );
+    assert_eq!(c.get(&format!("/v1/kv/{fresh}")).status, 404);
+    assert_eq!(entry(c, &key)["ModifyIndex"], index);
+    assert!(delete_bool(c, &format!("/v1/kv/{key}")));
+}
+
+/// The release recipe: delete the key only while our session holds it.
+fn txn_check_session_then_delete(c: &TestConsul) {
+    let key = c.unique_key("txn-release");
+    let ours = session(c, json!({"LockDelay": "0s"}));
+    let theirs = session(c, json!({"LockDelay": "0s"}));
+    assert!(put_bool(
+        c,
+        &format!("/v1/kv/{key}?acquire={}", ours.id),
+        b"x"
+    ));
+    let release = |sid: &str| {
+        txn(
+            c,
+            json!([
+                {"KV": {"Verb": "check-session", "Key": key, "Session": sid}},
+                {"KV": {"Verb": "delete", "Key": key}},
+            ]),
+        )
+    };
+    assert_eq!(
+        txn_errors(&release(&theirs.id)),
+        vec![(
+            0,
+            format!(
+                "failed session check for key {key:?}, current session {:?} != {:?}",
+                ours.id, theirs.id
+            )
+        )]
+    );
+    let r = release(&ours.id);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let results = r.json()["Results"].clone();
+    assert_eq!(results.as_array().map(Vec::len), Some(1), "{results}");
+    assert_eq!(results[0]["KV"]["Session"], json!(ours.id));
+    assert_eq!(c.get(&format!("/v1/kv/{key}")).status, 404);
+    assert_eq!(
+        txn_errors(&release(&ours.id)),
+        vec![(
+            0,
+            format!("failed to check session, key {key:?} doesn't exist")
+        )]
+    );
+}
+
+/// `lock` on a key another session holds, and `unlock` by a session that does not hold it.
+fn txn_lock_conflicts(c: &TestConsul) {
+    let key = c.unique_key("txn-held");
+    let a = session(c, json!({"LockDelay": "0s"}));
+    let b = session(c, json!({"LockDelay": "0s"}));
+    assert!(put_bool(c, &format!("/v1/kv/{key}?acquire={}", a.id), b""));
+    let r = txn(
+        c,
+        json!([
+            {"KV": {"Verb": "lock", "Key": key, "Session": b.id}},
+            {"KV": {"Verb": "unlock", "Key": key, "Session": b.id}},
+            {"KV": {"Verb": "lock", "Key": key}},
+        ]),
+    );
+    assert_eq!(
+        txn_errors(&r),
+        vec![
+            (
+                0,
+                format!("failed to lock key {key:?}, lock is already held")
+            ),
+            (
+                1,
+                format!(
+                    "failed to unlock key {key:?}, lock isn't held, or is held by another session"
+                )
+            ),
+            (2, "missing session".to_string()),
+        ]
+    );
+    let r = txn(
+        c,
+        json!([{"KV": {"Verb": "unlock", "Key": key, "Session": a.id}}]),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let unlocked = &r.json()["Results"][0]["KV"];
+    assert_eq!(
+        (unlocked["LockIndex"].as_u64(), unlocked.get("Session")),
+        (Some(1), None)
+    );
+    assert!(delete_bool(c, &format!("/v1/kv/{key}")));
+}
+
+/// `lock` honours lock-delay like `?acquire`, but as a 409 (checked before Raft,
+/// `agent/consul/txn_endpoint.go` `preCheck`).
+fn txn_lock_honours_lock_delay(c: &TestConsul) {
+    let key = c.unique_key("txn-delay");
+    let dead = session(c, json!({"LockDelay": "15s"}));
+    assert!(put_bool(
+        c,
+        &format!("/v1/kv/{key}?acquire={}", dead.id),
+        b""
+    ));
+    c.destroy_session(&dead.id);
+    let next = session(c, json!({}));
+    let r = txn(
+        c,
+        json!([{"KV": {"Verb": "lock", "Key": key, "Session": next.id}}]),
+    );
+    assert_eq!(
+        txn_errors(&r),
+        vec![(0, format!("failed to lock key {key:?} due to lock delay"))]
+    );
+    assert!(delete_bool(c, &format!("/v1/kv/{key}")));
+}
+
+/// Reads and checks: `get-tree`, `get-or-empty`, `check-not-exists`, and the texts of a missing
+/// key.
+fn txn_reads_and_checks(c: &TestConsul) {
+    let prefix = c.unique_key("txn-tree");
+    for k in ["a", "b"] {
+        assert!(put_bool(c, &format!("/v1/kv/{prefix}/{k}"), k.as_bytes()));
+    }
+    let missing = format!("{prefix}/missing");
+    let r = txn(
+        c,
+        json!([
+            {"KV": {"Verb": "get-tree", "Key": format!("{prefix}/")}},
+            {"KV": {"Verb": "check-not-exists", "Key": missing}},
+            {"KV": {"Verb": "get-or-empty", "Key": missing, "Flags": 3}},
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let results = r.json()["Results"].clone();
+    let keys: Vec<&str> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["KV"]["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            format!("{prefix}/a"),
+            format!("{prefix}/b"),
+            missing.clone()
+        ]
+    );
+    assert_eq!(value_of(&results[0]["KV"]), b"a");
+    assert_eq!(results[2]["KV"]["Value"], Value::Null);
+    assert_eq!(results[2]["KV"]["Flags"], 3);
+    let r = txn(
+        c,
+        json!([
+            {"KV": {"Verb": "get", "Key": missing}},
+            {"KV": {"Verb": "check-not-exists", "Key": format!("{prefix}/a")}},
+            {"KV": {"Verb": "frobnicate", "Key": missing}},
+        ]),
+    );
+    assert_eq!(
+        txn_errors(&r),
+        vec![
+            (0, format!("key {missing:?} doesn't exist")),
+            (1, format!("key \"{prefix}/a\" exists")),
+            (2, "unknown KV verb \"frobnicate\"".to_string()),
+        ]
+    );
+    // The pre-check (a key is required) fails the transaction before any op runs.
+    let r = txn(
+        c,
+        json!([
+            {"KV": {"Verb": "get", "Key": missing}},
+            {"KV": {"Verb": "get", "Key": ""}},
+        ]),
+    );
+    assert_eq!(txn_errors(&r), vec![(1, "Must provide key".to_string())]);
+    assert!(delete_bool(c, &format!("/v1/kv/{prefix}?recurse")));
+}
+
+/// A transaction of reads only skips Raft: no index moves, it answers the read metadata
+/// (`KnownLeader`, `LastContact`) in its headers and body, and it takes the consistency options
+/// (and their 400s), which a transaction with writes ignores.
+fn txn_read_only_skips_raft(c: &TestConsul) {
+    let key = c.unique_key("txn-ro");
+    let other = c.unique_key("txn-ro-other");
+    assert!(put_bool(c, &format!("/v1/kv/{key}"), b"v"));
+    let index = entry(c, &key)["ModifyIndex"].as_u64().unwrap();
+    let before = c.get(&format!("/v1/kv/{other}")).index();
+    let ops = json!([
+        {"KV": {"Verb": "get", "Key": key}},
+        {"KV": {"Verb": "check-index", "Key": key, "Index": index}},
+    ]);
+    let r = c.put("/v1/txn?stale", ops.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-consul-knownleader"), Some("true"));
+    assert!(r.header("x-consul-lastcontact").is_some());
+    assert_eq!(r.header("x-consul-index"), None);
+    let body = r.json();
+    assert_eq!(body["KnownLeader"], true, "{body}");
+    assert_eq!(body["Errors"], Value::Null);
+    assert_eq!(value_of(&body["Results"][0]["KV"]), b"v");
+    assert_eq!(body["Results"][1]["KV"]["Value"], Value::Null);
+    assert_eq!(c.get(&format!("/v1/kv/{other}")).index(), before);
+    let conflicting = c.put("/v1/txn?stale&consistent", ops.to_string().as_bytes());
+    assert_text(
+        &conflicting,
+        400,
+        "Cannot specify ?stale with ?consistent, conflicting semantics.",
+    );
+    let write = json!([{"KV": {"Verb": "set", "Key": key, "Value": b64(b"w")}}]);
+    let r = c.put("/v1/txn?stale&consistent", write.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json().get("KnownLeader").is_none());
+    assert!(delete_bool(c, &format!("/v1/kv/{key}")));
+}
+
+/// Body decoding is strict: an op member other than KV/Node/Service/Check (there is no Session
+/// op in the HTTP API) or an unknown KV field is a 400; so is a value that is not base64.
+fn txn_bad_bodies_are_400(c: &TestConsul) {
+    let key = c.unique_key("txn-bad");
+    let bodies = [
+        json!([{"Session": {"Verb": "delete", "Session": {"ID": fake_uuid()}}}]),
+        json!([{"KV": {"Verb": "get", "Key": key, "Bogus": 1}}]),
+        json!([{"KV": {"Verb": "set", "Key": key, "Value": "not base64!"}}]),
+        json!({"KV": {}}),
+    ];
+    for body in bodies {
+        let r = txn(c, body.clone());
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(
+            r.text().starts_with("Failed to parse body: "),
+            "{}",
+            r.text()
+        );
+    }
+    let r = c.put("/v1/txn", b"[{");
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Field names match case-insensitively, as Go decodes them.
+    let r = txn(c, json!([{"kv": {"verb": "check-not-exists", "key": key}}]));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(c.get("/v1/txn").status, 405);
+}
+
+/// At most 128 ops, and the body's declared length is checked against `txn_max_req_len`
+/// (512 KiB) before the body is decoded: both 413.
+fn txn_limits_are_413(c: &TestConsul) {
+    let key = c.unique_key("txn-many");
+    let op = json!({"KV": {"Verb": "get-or-empty", "Key": key}});
+    let r = txn(c, Value::Array(vec![op.clone(); 129]));
+    assert_text(
+        &r,
+        413,
+        "Transaction contains too many operations (129 > 128)",
+    );
+    assert_eq!(txn(c, Value::Array(vec![op; 128])).status, 200);
+    let big = json!([{"KV": {"Verb": "set", "Key": key, "Value": b64(&vec![b'x'; 400 * 1024])}}]);
+    let body = big.to_string();
+    let r = c.put("/v1/txn", body.as_bytes());
+    assert_eq!(r.status, 413, "{}", r.text());
+    let expected = format!(
+        "Request body({} bytes) too large, max size: 524288 bytes.",
+        body.len()
+    );
+    assert!(r.text().starts_with(&expected), "{}", r.text());
+    assert_eq!(c.get(&format!("/v1/kv/{key}")).status, 404);
+}
+
+/// A catalog op this server can answer: reading the agent's own node.
+fn txn_node_get(c: &TestConsul) {
+    let node = c.node_name();
+    let r = txn(
+        c,
+        json!([{"Node": {"Verb": "get", "Node": {"Node": node}}}]),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["Results"][0]["Node"]["Node"], json!(node));
+    let r = txn(
+        c,
+        json!([{"Node": {"Verb": "get", "Node": {"Node": "consullock-no-such-node"}}}]),
+    );
+    assert_eq!(
+        txn_errors(&r),
+        vec![(
+            0,
+            "node \"consullock-no-such-node\" doesn't exist".to_string()
+        )]
     );
 }
 
@@ -1168,13 +1692,23 @@ fn devserver_acl_token(_: &TestConsul) {
 /// Needs `/_devserver/stats`.
 fn devserver_stats(_: &TestConsul) {
     let c = TestConsul::start_dev_server(&[]);
+    let counts = |stats: Value| {
+        (
+            stats["requests"].clone(),
+            stats["sessions"].clone(),
+            stats["keys"].clone(),
+        )
+    };
     let stats = c.dev_stats().unwrap();
-    assert_eq!(stats, json!({"requests": 0, "sessions": 0, "keys": 0}));
+    assert_eq!(counts(stats), (json!(0), json!(0), json!(0)));
     let s = session(&c, json!({}));
     assert!(put_bool(&c, "/v1/kv/a", b""));
     assert!(put_bool(&c, "/v1/kv/b", b""));
     let stats = c.dev_stats().unwrap();
-    assert_eq!(stats, json!({"requests": 3, "sessions": 1, "keys": 2}));
+    assert_eq!(counts(stats.clone()), (json!(3), json!(1), json!(2)));
+    assert_eq!(stats["tombstones"], 0, "{stats}");
+    assert_eq!(stats["blocking_queries"], 0, "{stats}");
+    assert!(stats["connections"].as_u64().unwrap() >= 1, "{stats}");
     drop(s);
     assert_eq!(c.dev_stats().unwrap()["sessions"], json!(0));
     assert!(
@@ -1217,6 +1751,88 @@ fn devserver_verbose_log_redacts_tokens(_: &TestConsul) {
         "{:?}",
         c.server_log()
     );
+}
+
+/// Needs a dev server started with `--node`.
+fn devserver_node_name(_: &TestConsul) {
+    let c = TestConsul::start_dev_server(&["--node", "node1"]);
+    let agent = c.get("/v1/agent/self").json();
+    assert_eq!(agent["Config"]["NodeName"], "node1");
+    assert_eq!(agent["Member"]["Name"], "node1");
+    let s = session(&c, json!({}));
+    assert_eq!(info(&c, &s.id)[0]["Node"], "node1");
+    let on_node = c.get("/v1/session/node/node1").json();
+    assert_eq!(on_node.as_array().map(Vec::len), Some(1), "{on_node}");
+    assert_eq!(c.get("/v1/session/node/other").json(), json!([]));
+    // A session for any other node is refused as Consul refuses an unregistered node.
+    let r = c.put("/v1/session/create", br#"{"Node": "other"}"#);
+    assert_text(&r, 500, "Missing node registration");
+}
+
+/// Needs the dev server: it says what it is (its `Meta`, the ACL stat of a token).
+fn devserver_agent_self_says_what_it_is(_: &TestConsul) {
+    let c = TestConsul::start_dev_server(&["--acl-token", "secret"]);
+    let agent = c.get("/v1/agent/self").json();
+    let version = agent["Config"]["Version"].as_str().unwrap().to_string();
+    assert_eq!(
+        agent["Meta"]["consul-version"].as_str(),
+        Some(version.as_str())
+    );
+    assert!(
+        agent["Meta"]["consullock-dev-server"].is_string(),
+        "{agent}"
+    );
+    assert_eq!(agent["Stats"]["consul"]["acl"], "enabled");
+    assert_eq!(agent["Stats"]["consul"]["server"], "true");
+    assert_eq!(agent["Stats"]["consul"]["leader"], "true");
+    assert!(agent["Stats"]["consul"].get("known_servers").is_none());
+    let line = c
+        .server_log()
+        .into_iter()
+        .find(|l| l.contains("listening on"))
+        .unwrap();
+    assert!(line.contains(&format!("Consul {version}")), "{line}");
+    assert!(line.contains("consullock"), "{line}");
+}
+
+/// Needs a dev server with a token: each op is checked before anything applies; the anonymous
+/// token's writes and checks fail with `Permission denied`, its reads come back filtered; an
+/// unknown token is a 403.
+fn devserver_txn_acl(_: &TestConsul) {
+    let c = TestConsul::start_dev_server(&["--acl-token", "secret"]);
+    assert!(put_bool(&c, "/v1/kv/k", b"v"));
+    let addr = c.addr();
+    let anonymous = |ops: Value| {
+        crate::support::http::request(&addr, "PUT", "/v1/txn", &[], ops.to_string().as_bytes())
+    };
+    let r = anonymous(json!([
+        {"KV": {"Verb": "set", "Key": "new", "Value": b64(b"x")}},
+        {"KV": {"Verb": "check-index", "Key": "k", "Index": 1}},
+        {"KV": {"Verb": "get", "Key": "k"}},
+    ]));
+    let errors = txn_errors(&r);
+    assert_eq!(
+        errors.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [0, 1],
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().all(|e| e.1.starts_with("Permission denied")),
+        "{errors:?}"
+    );
+    assert_eq!(c.get("/v1/kv/new").status, 404);
+    let r = anonymous(json!([{"KV": {"Verb": "get", "Key": "k"}}]));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["Results"], json!([]));
+    assert_eq!(r.json()["ResultsFilteredByACLs"], true);
+    let r = crate::support::http::request(
+        &addr,
+        "PUT",
+        "/v1/txn",
+        &[("X-Consul-Token", "wrong")],
+        b"[]",
+    );
+    assert_text(&r, 403, "ACL not found");
 }
 
 /// Every case, by name, for this file's tests and for `tests/container.rs`.
@@ -1294,10 +1910,29 @@ cases![
     enterprise_parameters_are_refused,
     status_endpoints,
     agent_self,
+    agent_self_version,
+    agent_self_stats,
     unknown_datacenter_is_500,
     routing_404_and_405,
+    unclean_paths_are_redirected,
+    non_printable_paths_are_400,
+    non_utf8_keys_stay_distinct,
+    txn_lock_then_get,
+    txn_one_index_for_the_whole_transaction,
+    txn_failure_applies_nothing,
+    txn_check_session_then_delete,
+    txn_lock_conflicts,
+    txn_lock_honours_lock_delay,
+    txn_reads_and_checks,
+    txn_read_only_skips_raft,
+    txn_bad_bodies_are_400,
+    txn_limits_are_413,
+    txn_node_get,
     devserver_acl_token,
     devserver_stats,
     devserver_startup_line,
     devserver_verbose_log_redacts_tokens,
+    devserver_node_name,
+    devserver_agent_self_says_what_it_is,
+    devserver_txn_acl,
 ];

@@ -4,6 +4,7 @@
 mod bad_input;
 mod conformance;
 mod container;
+mod devserver_robustness;
 mod docs;
 mod errors;
 mod execute;

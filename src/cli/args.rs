@@ -218,6 +218,10 @@ pub(crate) struct DevServerArgs {
     #[arg(long, value_name = "TOKEN")]
     pub(crate) acl_token: Option<String>,
 
+    /// The agent's node name, as Consul's `-node` (default: the host name)
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+
     /// Test-only: serve `/_devserver/faults` to inject HTTP faults (see `devserver::faults`).
     #[arg(long, hide = true)]
     pub(crate) test_faults: bool,

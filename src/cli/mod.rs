@@ -348,6 +348,8 @@ async fn run_dev_server(args: DevServerArgs, verbose: u8) -> Result<i32, Error> 
         acl_token: args.acl_token,
         verbose,
         test_faults: args.test_faults,
+        node: args.node,
+        ..Default::default()
     })
     .await?;
     Ok(exit::SUCCESS)

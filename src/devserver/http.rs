@@ -18,7 +18,8 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::{Shared, duration, faults, kv, session};
+use super::watch::Watch;
+use super::{Shared, duration, faults, router, txn};
 
 /// Response body type of every answer.
 pub(crate) type Body = Full<Bytes>;
@@ -26,16 +27,19 @@ pub(crate) type Body = Full<Bytes>;
 /// The only datacenter this server is.
 pub(crate) const DATACENTER: &str = "dc1";
 /// What `/v1/status/leader` and `/v1/status/peers` report, like a dev agent's server RPC address.
-const LEADER_ADDRESS: &str = "127.0.0.1:8300";
+pub(crate) const LEADER_ADDRESS: &str = "127.0.0.1:8300";
 /// Consul's `default_query_time`: a blocking query without `?wait` lasts this long.
 pub(crate) const DEFAULT_QUERY_TIME: Duration = Duration::from_secs(300);
 /// Consul's `max_query_time`: longer `?wait` values are capped to this.
 pub(crate) const MAX_QUERY_TIME: Duration = Duration::from_secs(600);
 /// Consul's `JitterFraction`: up to wait/16 is added to every blocking query.
 const JITTER_FRACTION: u32 = 16;
-/// Request bodies beyond this are refused before being read to the end; Consul's own KV limit
-/// (512 KiB, answered with Consul's 413 text) is checked separately by the KV endpoint.
-const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
+/// Consul's default `kv_max_value_size` (Raft's suggested maximum entry size): the largest KV
+/// value, and the largest body the dev server reads for any endpoint.
+pub(crate) const KV_MAX_VALUE_SIZE: u64 = 512 * 1024;
+/// Where Consul's KV 413 text sends the reader.
+const KV_MAX_VALUE_SIZE_DOC: &str =
+    "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size";
 
 /// An error answer: a status and a plain-text body, as Consul's `handleErr` writes them.
 #[derive(Debug)]
@@ -204,7 +208,8 @@ pub(crate) enum Consistency {
 }
 
 impl Consistency {
-    fn header(self) -> &'static str {
+    /// The `X-Consul-Effective-Consistency` value.
+    pub(crate) fn header(self) -> &'static str {
         match self {
             Consistency::Leader => "leader",
             Consistency::Consistent => "consistent",
@@ -223,6 +228,24 @@ pub(crate) struct Options {
     pub(crate) wait: Option<i64>,
     /// `?index`; 0 means a plain read.
     pub(crate) index: u64,
+}
+
+impl Options {
+    /// What a write reads from the query (Consul's `parseDC` and `parseToken`): no consistency
+    /// or blocking options, which writes ignore.
+    pub(crate) fn write(call: &Call) -> Options {
+        Options {
+            dc: call
+                .query
+                .get("dc")
+                .filter(|d| !d.is_empty())
+                .map(str::to_string),
+            token: call.token(),
+            consistency: Consistency::Leader,
+            wait: None,
+            index: 0,
+        }
+    }
 }
 
 /// Go's `strconv.ParseUint(text, 10, 64)` with its error text.
@@ -304,13 +327,27 @@ pub(crate) fn refuse_enterprise(call: &Call) -> Result<(), Failure> {
 
 /// The ACL check alone: with a configured token, a missing token is denied and a different one
 /// is unknown.
-fn authorize(shared: &Shared, token: Option<&str>) -> Result<(), Failure> {
+pub(crate) fn authorize(shared: &Shared, token: Option<&str>) -> Result<(), Failure> {
     let Some(expected) = &shared.acl_token else {
         return Ok(());
     };
     match token {
         None | Some("") => Err(Failure::new(StatusCode::FORBIDDEN, "Permission denied")),
         Some(t) if t == expected => Ok(()),
+        Some(_) => Err(Failure::new(StatusCode::FORBIDDEN, "ACL not found")),
+    }
+}
+
+/// Resolves a token as Consul's ACL resolver does for endpoints that check each item
+/// themselves: `Ok(true)` for the anonymous token (no token while ACLs are on), which may do
+/// nothing; `Ok(false)` for a token that may do everything; an unknown token is a 403.
+pub(crate) fn resolve_token(shared: &Shared, token: Option<&str>) -> Result<bool, Failure> {
+    let Some(expected) = &shared.acl_token else {
+        return Ok(false);
+    };
+    match token {
+        None | Some("") => Ok(true),
+        Some(t) if t == expected => Ok(false),
         Some(_) => Err(Failure::new(StatusCode::FORBIDDEN, "ACL not found")),
     }
 }
@@ -347,31 +384,32 @@ pub(crate) fn query_time(wait: Option<i64>, random: u64) -> Duration {
 }
 
 /// Runs a read, blocking like Consul's `blockingquery.Query` when `?index` > 0: it answers as
-/// soon as the result's index passes the requested one, or at the deadline with the last result.
-/// A "not found" result that stays not found keeps blocking even while its index moves.
-/// Waiting is driven by the store's change signal, never by polling.
+/// soon as the result's index passes the requested one, or at the deadline with the current
+/// result. A "not found" result that stays not found keeps blocking even while its index moves.
+/// While waiting it holds no result, only its registration for `watch`: it is woken only by a
+/// write to what it watches (see `watch`), never by polling.
 pub(crate) async fn blocking<T>(
     shared: &Shared,
     options: &Options,
+    watch: Watch,
     mut evaluate: impl FnMut(&super::state::Store) -> Evaluated<T>,
 ) -> (T, u64) {
-    let run = |evaluate: &mut dyn FnMut(&super::state::Store) -> Evaluated<T>| {
-        let mut result = shared.read(evaluate);
+    let mut run = || {
+        let mut result = shared.read(&mut evaluate);
         result.index = result.index.max(1);
         result
     };
     let mut min_index = options.index;
     if min_index == 0 {
-        let result = run(&mut evaluate);
+        let result = run();
         return (result.value, result.index);
     }
     let random = uuid::Uuid::new_v4().as_u64_pair().0;
     let deadline = tokio::time::Instant::now() + query_time(options.wait, random);
-    let mut changes = shared.subscribe();
+    let registration = shared.watchers.register(watch);
     let mut was_not_found = false;
     loop {
-        changes.borrow_and_update();
-        let result = run(&mut evaluate);
+        let result = run();
         if result.not_found {
             if was_not_found {
                 min_index = result.index;
@@ -381,13 +419,13 @@ pub(crate) async fn blocking<T>(
         if result.index > min_index {
             return (result.value, result.index);
         }
+        drop(result);
         tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return (result.value, result.index);
-                }
+            () = registration.changed() => {}
+            () = tokio::time::sleep_until(deadline) => {
+                let result = run();
+                return (result.value, result.index);
             }
-            () = tokio::time::sleep_until(deadline) => return (result.value, result.index),
         }
     }
 }
@@ -478,7 +516,8 @@ fn redacted(uri: &hyper::Uri) -> String {
     format!("{path}?{}", parts.join("&"))
 }
 
-/// The hyper service: reads the body, routes, adds the headers every answer carries, logs.
+/// The hyper service: checks the path as Go's HTTP server and mux do, reads the body, routes,
+/// adds the headers every answer carries, logs.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
@@ -486,22 +525,26 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let logged = shared.verbose.then(|| redacted(&parts.uri));
-    let path = percent_decode(parts.uri.path(), false);
+    let path = decode_path(parts.uri.path());
     if !path.starts_with("/_devserver/") {
         shared.requests.fetch_add(1, Ordering::Relaxed);
     }
-    let mut response = match test_fault(&shared, &path).await {
-        Some(faulted) => faulted,
-        None => {
-            answer(
-                &shared,
-                parts.method.clone(),
-                path,
-                &parts.uri,
-                parts.headers,
-                body,
-            )
-            .await
+    let mut response = if let Some(refused) = check_path(&parts.method, &path, parts.uri.query()) {
+        refused
+    } else {
+        match test_fault(&shared, &path).await {
+            Some(faulted) => faulted,
+            None => {
+                answer(
+                    &shared,
+                    parts.method.clone(),
+                    path,
+                    &parts.uri,
+                    parts.headers,
+                    body,
+                )
+                .await
+            }
         }
     };
     if let Some(faults) = &shared.faults
@@ -523,8 +566,8 @@ pub(crate) async fn handle(
         HeaderValue::from_static(policy),
     );
     if let Some(target) = logged {
-        eprintln!(
-            "consullock dev-server: {} {target} {} {:?}",
+        tracing::info!(
+            "{} {target} {} {:?}",
             parts.method,
             response.status().as_u16(),
             started.elapsed()
@@ -533,7 +576,186 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-/// Reads the body and routes the request.
+/// First byte of the private-use block that stands for the bytes of a path that are not UTF-8.
+const INVALID_BYTE_BASE: u32 = 0xF700;
+
+/// Percent-decodes a request path. Go keeps a path as bytes, so keys that differ only in bytes
+/// that are not UTF-8 (`%FF`, `%FE`) are different keys in Consul; here each such byte becomes
+/// the private-use character U+F700+byte, so they stay different (see [`key_for_json`]).
+pub(crate) fn decode_path(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = raw.get(i + 1..i + 3)
+            && let Ok(v) = u8::from_str_radix(hex, 16)
+        {
+            decoded.push(v);
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for chunk in decoded.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for &b in chunk.invalid() {
+            out.push(char::from_u32(INVALID_BYTE_BASE + u32::from(b)).unwrap_or('\u{FFFD}'));
+        }
+    }
+    out
+}
+
+fn stands_for_invalid_byte(c: char) -> bool {
+    (INVALID_BYTE_BASE + 0x80..=INVALID_BYTE_BASE + 0xFF).contains(&(c as u32))
+}
+
+/// A key as Consul's JSON shows it: Go's encoder writes each byte that is not UTF-8 as U+FFFD.
+pub(crate) fn key_for_json(key: &str) -> std::borrow::Cow<'_, str> {
+    if !key.chars().any(stands_for_invalid_byte) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let shown = key
+        .chars()
+        .map(|c| {
+            if stands_for_invalid_byte(c) {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect();
+    std::borrow::Cow::Owned(shown)
+}
+
+/// Go's `unicode.IsPrint` as far as paths need it: no control, format, separator (other than
+/// the ASCII space) or private-use characters. A byte that is not UTF-8 reads as U+FFFD in Go,
+/// which is printable.
+fn printable(c: char) -> bool {
+    if stands_for_invalid_byte(c) || c == ' ' {
+        return true;
+    }
+    let format = matches!(
+        c as u32,
+        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x180E | 0x200B..=0x200F | 0x2028..=0x202E
+            | 0x2060..=0x206F | 0xFEFF | 0xFFF9..=0xFFFB | 0xE0001..=0xE007F
+    );
+    let private = matches!(c as u32, 0xE000..=0xF8FF | 0xF0000..=0x10FFFF);
+    !(c.is_control() || c.is_whitespace() || format || private)
+}
+
+/// Go's `cleanPath` (`net/http`): `path.Clean`, keeping a trailing slash.
+fn clean_path(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut clean = format!("/{}", segments.join("/"));
+    if path.ends_with('/') && clean != "/" {
+        clean.push('/');
+    }
+    clean
+}
+
+/// What Consul's HTTP stack answers before any endpoint sees the request: a path with a
+/// non-printable character is a 400 with no body (`cleanhttp.PrintablePathCheckHandler`,
+/// `agent/http.go`); a path that is not clean (`..`, `.`, `//`) is a 301 to the cleaned path,
+/// query kept (Go's `ServeMux`), so `/v1/kv/../session/create` never reaches the KV endpoint.
+fn check_path(method: &Method, path: &str, query: Option<&str>) -> Option<Response<Body>> {
+    if !path.chars().all(printable) {
+        return Some(empty(StatusCode::BAD_REQUEST));
+    }
+    let clean = clean_path(path);
+    if clean == path || *method == Method::CONNECT {
+        return None;
+    }
+    let mut location = escape_path(&clean);
+    if let Some(query) = query {
+        location.push('?');
+        location.push_str(query);
+    }
+    // `http.Redirect`: a small HTML body for GET only.
+    let mut response = if *method == Method::GET {
+        response(
+            StatusCode::MOVED_PERMANENTLY,
+            "text/html; charset=utf-8",
+            format!("<a href=\"{location}\">Moved Permanently</a>.\n\n"),
+        )
+    } else {
+        empty(StatusCode::MOVED_PERMANENTLY)
+    };
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Some(response)
+}
+
+/// Go's `url.URL.EscapedPath` for a path without a raw form: unreserved characters, `/` and the
+/// sub-delimiters stay, everything else is percent-encoded.
+fn escape_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if stands_for_invalid_byte(c) {
+            out.push_str(&format!("%{:02X}", c as u32 - INVALID_BYTE_BASE));
+            continue;
+        }
+        let mut buffer = [0; 4];
+        for &b in c.encode_utf8(&mut buffer).as_bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+/// The 413 of a KV value over `kv_max_value_size`, Consul's text (`agent/kvs_endpoint.go`).
+pub(crate) fn kv_too_large(length: u64) -> Failure {
+    Failure::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "Request body({length} bytes) too large, max size: {KV_MAX_VALUE_SIZE} bytes. See \
+             {KV_MAX_VALUE_SIZE_DOC}."
+        ),
+    )
+}
+
+/// The most a request may carry, and what to answer when it carries more: Consul's KV and
+/// transaction limits (512 KiB each by default) with their texts; other endpoints take tiny
+/// bodies in Consul, and the dev server reads no more than the KV limit for them either.
+fn body_limit(method: &Method, path: &str) -> (u64, fn(Option<u64>) -> Failure) {
+    if path == "/v1/txn" {
+        return (txn::TXN_MAX_REQ_LEN, |declared| match declared {
+            Some(length) => txn::too_large(length),
+            None => txn::too_long(),
+        });
+    }
+    if *method == Method::PUT && path.starts_with("/v1/kv/") {
+        return (KV_MAX_VALUE_SIZE, |declared| {
+            kv_too_large(declared.unwrap_or(KV_MAX_VALUE_SIZE + 1))
+        });
+    }
+    (KV_MAX_VALUE_SIZE, |declared| {
+        let what = declared.map_or_else(String::new, |length| format!("({length} bytes)"));
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body{what} too large, max size: {KV_MAX_VALUE_SIZE} bytes."),
+        )
+    })
+}
+
+/// Reads the body (refused on its declared length before reading, and read within
+/// [`Options::body_read_timeout`](super::Options::body_read_timeout)) and routes the request.
 async fn answer(
     shared: &Arc<Shared>,
     method: Method,
@@ -542,22 +764,45 @@ async fn answer(
     headers: HeaderMap,
     body: Incoming,
 ) -> Response<Body> {
-    match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(collected) => {
-            let call = Call {
-                method,
-                path,
-                query: Query::parse(uri.query().unwrap_or("")),
-                headers,
-                body: collected.to_bytes(),
-            };
-            route(shared, &call).await.unwrap_or_else(failure)
-        }
-        Err(e) => failure(Failure::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Request body could not be read: {e}"),
-        )),
+    let (limit, too_large) = body_limit(&method, &path);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(length) = declared
+        && length > limit
+    {
+        return failure(too_large(Some(length)));
     }
+    let reading = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect();
+    let collected = match tokio::time::timeout(shared.options.body_read_timeout, reading).await {
+        Ok(Ok(collected)) => collected,
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return failure(too_large(None));
+        }
+        Ok(Err(e)) => {
+            return failure(Failure::bad_request(format!(
+                "Request body could not be read: {e}"
+            )));
+        }
+        Err(_) => {
+            return failure(Failure::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "Request body not received within {:?}",
+                    shared.options.body_read_timeout
+                ),
+            ));
+        }
+    };
+    let call = Call {
+        method,
+        path,
+        query: Query::parse(uri.query().unwrap_or("")),
+        headers,
+        body: collected.to_bytes(),
+    };
+    router::route(shared, &call).await.unwrap_or_else(failure)
 }
 
 /// The test-only fault that replaces this request's answer, after the injected delay (see
@@ -583,81 +828,6 @@ pub(crate) fn require_method(call: &Call, allowed: &[Method]) -> Result<(), Fail
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method {} not allowed", call.method),
     ))
-}
-
-/// Dispatches on the path.
-async fn route(shared: &Arc<Shared>, call: &Call) -> Outcome {
-    let path = call.path.as_str();
-    if let Some(key) = path.strip_prefix("/v1/kv/") {
-        return kv::endpoint(shared, call, key).await;
-    }
-    if let Some(rest) = path.strip_prefix("/v1/session/") {
-        return session::endpoint(shared, call, rest).await;
-    }
-    match path {
-        "/v1/status/leader" => {
-            require_method(call, &[Method::GET])?;
-            Ok(json(&LEADER_ADDRESS))
-        }
-        "/v1/status/peers" => {
-            require_method(call, &[Method::GET])?;
-            Ok(json(&[LEADER_ADDRESS]))
-        }
-        "/v1/agent/self" => {
-            require_method(call, &[Method::GET])?;
-            authorize(shared, call.token().as_deref())?;
-            Ok(json(&agent_self(&shared.node)))
-        }
-        "/_devserver/stats" => {
-            require_method(call, &[Method::GET])?;
-            let (sessions, keys) = shared.read(|s| (s.session_count(), s.key_count()));
-            Ok(json(&serde_json::json!({
-                "requests": shared.requests.load(Ordering::Relaxed),
-                "sessions": sessions,
-                "keys": keys,
-            })))
-        }
-        "/_devserver/faults" if shared.faults.is_some() => fault_control(shared, call),
-        _ => Err(Failure::new(StatusCode::NOT_FOUND, "404 page not found")),
-    }
-}
-
-/// `/_devserver/faults`: GET reports, PUT sets, DELETE clears (see [`faults`]).
-fn fault_control(shared: &Shared, call: &Call) -> Outcome {
-    require_method(call, &[Method::GET, Method::PUT, Method::DELETE])?;
-    let Some(faults) = &shared.faults else {
-        return Err(Failure::new(StatusCode::NOT_FOUND, "404 page not found"));
-    };
-    let now = Instant::now();
-    if call.method == Method::PUT {
-        let request: faults::Request = serde_json::from_slice(&call.body)
-            .map_err(|e| Failure::bad_request(format!("Invalid fault request: {e}")))?;
-        faults.set(&request, now);
-    } else if call.method == Method::DELETE {
-        faults.clear();
-    }
-    Ok(json(&faults.report(now)))
-}
-
-/// A minimal `/v1/agent/self`: what clients read from it (node name, datacenter, member).
-fn agent_self(node: &str) -> serde_json::Value {
-    serde_json::json!({
-        "Config": {
-            "Datacenter": DATACENTER,
-            "PrimaryDatacenter": DATACENTER,
-            "NodeName": node,
-            "Server": true,
-            "Version": "consullock-dev",
-        },
-        "Member": {
-            "Name": node,
-            "Addr": "127.0.0.1",
-            "Port": 8301,
-            "Tags": { "dc": DATACENTER, "role": "consul" },
-            "Status": 1,
-        },
-        "Meta": {},
-    })
 }
 
 #[cfg(test)]

@@ -9,20 +9,19 @@ use serde::Serialize;
 
 use super::Shared;
 use super::http::{
-    Call, Evaluated, Failure, Outcome, blocking, empty, json, parse_options, parse_uint, raw,
-    refuse_enterprise, require_method, rpc_gate, with_meta,
+    Call, Evaluated, Failure, KV_MAX_VALUE_SIZE, Outcome, blocking, empty, json, key_for_json,
+    kv_too_large, parse_options, parse_uint, raw, refuse_enterprise, require_method, rpc_gate,
+    with_meta,
 };
 use super::state::Entry;
-
-/// Consul's default `kv_max_value_size`, Raft's suggested maximum entry size.
-const KV_MAX_VALUE_SIZE: u64 = 512 * 1024;
+use super::watch::Watch;
 
 /// A KV entry as Consul's `DirEntry` serializes: Value base64 or null, Session omitted empty.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct EntryJson<'a> {
+pub(crate) struct EntryJson<'a> {
     lock_index: u64,
-    key: &'a str,
+    key: std::borrow::Cow<'a, str>,
     flags: u64,
     value: Option<String>,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -31,10 +30,10 @@ struct EntryJson<'a> {
     modify_index: u64,
 }
 
-fn entry_json(entry: &Entry) -> EntryJson<'_> {
+pub(crate) fn entry_json(entry: &Entry) -> EntryJson<'_> {
     EntryJson {
         lock_index: entry.lock_index,
-        key: &entry.key,
+        key: key_for_json(&entry.key),
         flags: entry.flags,
         value: (!entry.value.is_empty())
             .then(|| base64::engine::general_purpose::STANDARD.encode(&entry.value)),
@@ -64,7 +63,7 @@ async fn get(shared: &Shared, call: &Call, key: &str, options: &super::http::Opt
     refuse_enterprise(call)?;
     rpc_gate(shared, options)?;
     if recurse {
-        let (entries, index) = blocking(shared, options, |store| {
+        let (entries, index) = blocking(shared, options, Watch::Prefix(key.to_string()), |store| {
             let (index, value) = store.kv_list(key);
             Evaluated {
                 value,
@@ -79,18 +78,23 @@ async fn get(shared: &Shared, call: &Call, key: &str, options: &super::http::Opt
         let list: Vec<EntryJson<'_>> = entries.iter().map(entry_json).collect();
         return Ok(with_meta(json(&list), index, options));
     }
-    let (entry, index) = blocking(shared, options, |store| match store.kv_get(key) {
-        (_, Some(entry)) => Evaluated {
-            index: entry.modify_index,
-            value: Some(entry),
-            not_found: false,
+    let (entry, index) = blocking(
+        shared,
+        options,
+        Watch::Key(key.to_string()),
+        |store| match store.kv_get(key) {
+            (_, Some(entry)) => Evaluated {
+                index: entry.modify_index,
+                value: Some(entry),
+                not_found: false,
+            },
+            (table, None) => Evaluated {
+                value: None,
+                index: table,
+                not_found: true,
+            },
         },
-        (table, None) => Evaluated {
-            value: None,
-            index: table,
-            not_found: true,
-        },
-    })
+    )
     .await;
     let Some(entry) = entry else {
         return Ok(with_meta(empty(StatusCode::NOT_FOUND), index, options));
@@ -116,19 +120,25 @@ async fn keys(
         .unwrap_or("")
         .to_string();
     rpc_gate(shared, options)?;
-    let (keys, index) = blocking(shared, options, |store| {
-        let (index, value) = store.kv_keys(prefix, &separator);
-        Evaluated {
-            value,
-            index,
-            not_found: false,
-        }
-    })
+    let (keys, index) = blocking(
+        shared,
+        options,
+        Watch::Prefix(prefix.to_string()),
+        |store| {
+            let (index, value) = store.kv_keys(prefix, &separator);
+            Evaluated {
+                value,
+                index,
+                not_found: false,
+            }
+        },
+    )
     .await;
     // Nothing under a prefix is a 404, but the root answers an empty list.
     if keys.is_empty() && !prefix.is_empty() {
         return Ok(with_meta(empty(StatusCode::NOT_FOUND), index, options));
     }
+    let keys: Vec<_> = keys.iter().map(|k| key_for_json(k)).collect();
     Ok(with_meta(json(&keys), index, options))
 }
 
@@ -177,15 +187,11 @@ fn put(shared: &Shared, call: &Call, key: &str, options: &super::http::Options) 
     if call.query.has("release") {
         write = Write::Release(call.query.get("release").unwrap_or("").to_string());
     }
-    let length = call.content_length();
+    // The declared length was already checked before the body was read (`http::body_limit`);
+    // a body sent without one is checked here, as Consul checks what it read.
+    let length = call.body.len() as u64;
     if length > KV_MAX_VALUE_SIZE {
-        return Err(Failure::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "Request body({length} bytes) too large, max size: {KV_MAX_VALUE_SIZE} bytes. See \
-                 https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size."
-            ),
-        ));
+        return Err(kv_too_large(length));
     }
     rpc_gate(shared, options)?;
     let value = call.body.to_vec();

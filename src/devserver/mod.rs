@@ -9,31 +9,44 @@
 //! It deliberately shares no code with the project's Consul client: two independent readings of
 //! Consul's behaviour catch each other's mistakes, while one shared reading would hide them.
 //!
-//! Layout: `state` is the store (pure, clock passed in), `duration` reproduces Go durations,
-//! `http` routes and validates requests, `kv` and `session` are the endpoints. This module binds
-//! the listener, runs the TTL timer task and stops on SIGINT/SIGTERM. `faults` holds the
-//! test-only HTTP faults (hidden `--test-faults` option, control endpoint `/_devserver/faults`).
+//! Layout, in the spirit of mini-redis: `server` is the one entry point ([`serve`]: accept loop,
+//! per-client connection cap, idle and read timeouts), `router` says which endpoint answers which
+//! path, `http` holds the plumbing every endpoint shares (query options, ACL gate, blocking
+//! queries, headers, the request log), `kv`, `session` and `txn` are the endpoints, `watch`
+//! wakes blocking queries when what they watch changes, `state` is the store (pure, clock passed
+//! in) and `duration` reproduces Go durations. This module holds the settings and the state
+//! every connection shares, the TTL and tombstone timer task, and the two ways to run a server
+//! ([`run`] until a signal, [`DevServer`] in-process). `faults` holds the test-only HTTP faults
+//! (hidden `--test-faults` option, control endpoint `/_devserver/faults`).
 
 mod duration;
 pub mod faults;
 mod http;
 mod kv;
+mod router;
+mod server;
 mod session;
 mod state;
+mod txn;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
+pub use server::serve;
 use state::Store;
+
+/// The Consul release whose HTTP API the dev server follows, reported as `Config.Version` by
+/// `/v1/agent/self` so that clients gating features on the version parse a real one. 1.21.0 is
+/// the last release before the KV key-name validation of 1.21.5/1.22.0, which the dev server
+/// does not implement.
+pub const CONSUL_VERSION: &str = "1.21.0";
 
 /// Node name used when the host name cannot be read.
 const FALLBACK_NODE_NAME: &str = "consullock-dev";
@@ -50,7 +63,32 @@ pub struct Options {
     /// Serve the test-only fault control endpoint `/_devserver/faults` (see [`faults`]); when
     /// false it answers 404 and no fault can be injected.
     pub test_faults: bool,
+    /// The agent's node name (Consul's `-node`); the host name when unset, as for a Consul dev
+    /// agent.
+    pub node: Option<String>,
+    /// A connection with no request in progress is closed after this long; so is one whose
+    /// request head takes longer to arrive (slow clients). Default [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// A request whose body takes longer than this to arrive is answered 408 and its connection
+    /// closed. Default [`BODY_READ_TIMEOUT`].
+    pub body_read_timeout: Duration,
+    /// Concurrent connections allowed from one client IP address; past it a connection gets
+    /// Consul's 429 and is closed (Consul's `limits.http_max_conns_per_client`). Default
+    /// [`MAX_CONNS_PER_CLIENT`].
+    pub max_conns_per_client: usize,
+    /// How long a deleted key's tombstone is kept before it is reaped (Consul's
+    /// `tombstone_ttl`). Default [`TOMBSTONE_TTL`].
+    pub tombstone_ttl: Duration,
 }
+
+/// Default of [`Options::idle_timeout`]: hyper's default header read timeout.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`Options::body_read_timeout`].
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`Options::max_conns_per_client`]: Consul's `http_max_conns_per_client`.
+pub const MAX_CONNS_PER_CLIENT: usize = 200;
+/// Default of [`Options::tombstone_ttl`]: Consul's `tombstone_ttl` (15 minutes).
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
 
 impl Default for Options {
     /// An ephemeral port on the loopback interface, no ACL token, quiet.
@@ -60,41 +98,53 @@ impl Default for Options {
             acl_token: None,
             verbose: 0,
             test_faults: false,
+            node: None,
+            idle_timeout: IDLE_TIMEOUT,
+            body_read_timeout: BODY_READ_TIMEOUT,
+            max_conns_per_client: MAX_CONNS_PER_CLIENT,
+            tombstone_ttl: TOMBSTONE_TTL,
         }
     }
 }
 
-/// State shared by every connection: the store, the change signal blocking queries wait on,
-/// and the settings.
+/// State shared by every connection: the store, the blocking queries waiting on it, and the
+/// settings.
 pub(crate) struct Shared {
     store: Mutex<Store>,
-    /// Carries the global index after every write that changed something. Blocking queries
-    /// wait on it and then re-check their own result's index.
-    changes: watch::Sender<u64>,
+    /// Blocking queries waiting for a change to what they watch.
+    pub(crate) watchers: watch::Watchers,
     /// Wakes the TTL timer task when a write may have added an earlier deadline.
     timers: Notify,
     pub(crate) acl_token: Option<String>,
     pub(crate) verbose: bool,
     pub(crate) node: String,
+    /// The node's ID, a random UUID like a dev agent's.
+    pub(crate) node_id: String,
     /// HTTP requests served, excluding `/_devserver/*`.
     pub(crate) requests: AtomicU64,
     /// Test-only faults, when enabled.
     pub(crate) faults: Option<faults::Faults>,
+    pub(crate) options: Options,
+    /// Open connections per client IP address.
+    pub(crate) connections: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 impl Shared {
-    fn new(options: &Options, node: String) -> Self {
-        let store = Store::new(&node);
-        let (changes, _) = watch::channel(store.index());
+    fn new(options: &Options) -> Self {
+        let node = options.node.clone().unwrap_or_else(node_name);
+        let store = Store::new(&node, options.tombstone_ttl);
         Shared {
             store: Mutex::new(store),
-            changes,
+            watchers: watch::Watchers::default(),
             timers: Notify::new(),
             acl_token: options.acl_token.clone(),
             verbose: options.verbose > 0,
             node,
+            node_id: uuid::Uuid::new_v4().to_string(),
             requests: AtomicU64::new(0),
             faults: options.test_faults.then(faults::Faults::default),
+            options: options.clone(),
+            connections: Mutex::default(),
         }
     }
 
@@ -111,25 +161,22 @@ impl Shared {
         f(&self.lock())
     }
 
-    /// Runs a write against the store at the current instant, then wakes blocking queries and
-    /// the TTL task if the global index moved.
+    /// Runs a write against the store at the current instant, then wakes the blocking queries
+    /// that watch what changed, and the timer task if the global index moved.
     pub(crate) fn write<R>(&self, f: impl FnOnce(&mut Store, Instant) -> R) -> R {
-        let (result, before, after) = {
+        let (result, changes, before, after) = {
             let mut store = self.lock();
             let before = store.index();
-            let result = f(&mut store, Instant::now());
-            (result, before, store.index())
+            let now = Instant::now();
+            let result = f(&mut store, now);
+            store.plan_reaping(now);
+            (result, store.take_changes(), before, store.index())
         };
+        self.watchers.wake(&changes);
         if after != before {
-            self.changes.send_replace(after);
             self.timers.notify_one();
         }
         result
-    }
-
-    /// A receiver that sees every change made after this call.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
     }
 }
 
@@ -142,12 +189,13 @@ fn node_name() -> String {
         .unwrap_or_else(|| FALLBACK_NODE_NAME.to_string())
 }
 
-/// Invalidates sessions when their 2×TTL runs out. Sleeps until the earliest deadline; any
-/// write that may add an earlier one wakes it to look again. Renewals only move deadlines
-/// later, so they need not wake it: an early wake-up finds nothing due and sleeps again.
-async fn expire_sessions(shared: Arc<Shared>) {
+/// Invalidates sessions when their 2×TTL runs out and reaps tombstones past their TTL. Sleeps
+/// until the earliest deadline; any write that may add an earlier one wakes it to look again.
+/// Renewals only move deadlines later, so they need not wake it: an early wake-up finds nothing
+/// due and sleeps again.
+async fn timers(shared: Arc<Shared>) {
     loop {
-        let next = shared.read(Store::next_expiry);
+        let next = shared.read(Store::next_deadline);
         match next {
             Some(at) => {
                 tokio::select! {
@@ -157,31 +205,39 @@ async fn expire_sessions(shared: Arc<Shared>) {
             }
             None => shared.timers.notified().await,
         }
-        shared.write(|store, now| store.expire_sessions(now));
+        shared.write(|store, now| {
+            store.expire_sessions(now);
+            store.reap_tombstones(now);
+        });
     }
 }
 
 /// Runs the dev server until SIGINT or SIGTERM.
 ///
 /// Binds `options.listen` (port 0 picks a free port), then prints one line on stderr with the
-/// bound address as `http://HOST:PORT`; tests read the address from that line.
+/// bound address as `http://HOST:PORT`; tests read the address from that line. That line is the
+/// only one written directly: everything else the server says goes through `tracing` (target
+/// `consullock::devserver`), requests at INFO.
 pub async fn run(options: Options) -> std::io::Result<()> {
     let listener = TcpListener::bind(options.listen).await?;
     let bound = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(&options, node_name()));
     // Register signal handlers before announcing readiness, so a test that signals right after
     // reading the line is handled.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     eprintln!(
-        "consullock dev-server listening on http://{bound} (in-memory, for development and tests \
-         only; keeps nothing on disk; no replacement for Consul)"
+        "consullock dev-server listening on http://{bound} (consullock's dev server speaking \
+         Consul {CONSUL_VERSION}'s HTTP API; in-memory, for development and tests only; keeps \
+         nothing on disk; no replacement for Consul)"
     );
-    tokio::select! {
-        _ = interrupt.recv() => Ok(()),
-        _ = terminate.recv() => Ok(()),
-        () = serve(listener, shared) => Ok(()),
-    }
+    let stop = async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    serve(listener, options, stop).await;
+    Ok(())
 }
 
 /// A dev server running inside this process, for tests and documentation examples. It stops
@@ -196,6 +252,7 @@ pub async fn run(options: Options) -> std::io::Result<()> {
 #[derive(Debug)]
 pub struct DevServer {
     address: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -204,9 +261,15 @@ impl DevServer {
     pub async fn start(options: Options) -> std::io::Result<DevServer> {
         let listener = TcpListener::bind(options.listen).await?;
         let address = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(&options, node_name()));
-        let task = tokio::spawn(serve(listener, shared));
-        Ok(DevServer { address, task })
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, options, async move {
+            let _ = stopped.await;
+        }));
+        Ok(DevServer {
+            address,
+            stop: Some(stop),
+            task,
+        })
     }
 
     /// The bound address (`127.0.0.1:PORT`), usable as `CONSUL_HTTP_ADDR`.
@@ -217,41 +280,9 @@ impl DevServer {
 
 impl Drop for DevServer {
     fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         self.task.abort();
-    }
-}
-
-/// Accepts connections for ever, serving each in its own task, with the session expiry task
-/// alongside.
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let expiry = tokio::spawn(expire_sessions(shared.clone()));
-    // Stop the expiry task with the server (the accept loop only ends when its task is
-    // aborted, which drops this guard).
-    let _expiry = AbortOnDrop(expiry);
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(pair) => pair,
-            // Accept errors (e.g. too many open files) concern one connection only.
-            Err(e) => {
-                eprintln!("consullock dev-server: accept failed: {e}");
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| http::handle(shared.clone(), request));
-            // A client that hangs up mid-request is its own business.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

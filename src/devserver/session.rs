@@ -16,6 +16,7 @@ use super::http::{
     require_method, rpc_gate, with_meta,
 };
 use super::state::{NewSession, SERF_HEALTH, ServiceCheck, Session};
+use super::watch::Watch;
 
 /// Consul's `lockDelayMinThreshold`: smaller LockDelay values are taken as seconds.
 const LOCK_DELAY_MIN_THRESHOLD: i64 = 1000;
@@ -249,7 +250,7 @@ async fn info(shared: &Shared, call: &Call, id: &str) -> Outcome {
     shared
         .read(|store| store.session(id).map(|_| ()))
         .map_err(Failure::internal)?;
-    let (session, index) = blocking(shared, &options, |store| {
+    let (session, index) = blocking(shared, &options, Watch::Sessions, |store| {
         let (index, session) = store.session(id).unwrap_or((0, None));
         let not_found = session.is_none();
         Evaluated {
@@ -267,7 +268,7 @@ async fn list(shared: &Shared, call: &Call, node: Option<&str>) -> Outcome {
     let options = parse_options(call)?;
     refuse_enterprise(call)?;
     rpc_gate(shared, &options)?;
-    let (sessions, index) = blocking(shared, &options, |store| {
+    let (sessions, index) = blocking(shared, &options, Watch::Sessions, |store| {
         let (index, value) = match node {
             Some(node) => store.node_sessions(node),
             None => store.sessions(),

@@ -15,7 +15,7 @@
 //! Test-only faults (a leaderless period, 429s, an index going backwards; see `faults`) sit in
 //! the HTTP layer in front of this store; the store itself stays a faithful model.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -32,6 +32,8 @@ pub(crate) const SESSION_TTL_MIN: Duration = Duration::from_secs(10);
 pub(crate) const SESSION_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Consul's `MaxLockDelay`: longer lock-delays are stored but capped when applied.
 pub(crate) const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+/// Consul's `tombstone_ttl_granularity`: tombstones deleted within this span are reaped together.
+pub(crate) const TOMBSTONE_GRANULARITY: Duration = Duration::from_secs(30);
 /// Consul's default session lock-delay.
 pub(crate) const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 
@@ -138,7 +140,62 @@ pub(crate) struct Store {
     tombstones: BTreeMap<String, u64>,
     /// Key → instant before which `?acquire` is refused.
     lock_delays: HashMap<String, Instant>,
+    /// How long a tombstone lives before it may be reaped (Consul's `tombstone_ttl`).
+    tombstone_ttl: Duration,
+    /// Consul's tombstone GC hints: when to reap, and every tombstone up to which index.
+    reap_plan: VecDeque<(Instant, u64)>,
+    /// The highest index of a tombstone not yet in `reap_plan`.
+    unplanned_tombstone: u64,
+    /// The transaction being applied, if any: its one index and what to restore on failure.
+    txn: Option<Undo>,
+    /// Keys written or deleted (tombstones included) since the last [`Store::take_changes`].
+    changed_keys: Vec<String>,
+    /// Whether the sessions table changed since the last [`Store::take_changes`].
+    sessions_changed: bool,
 }
+
+/// What a transaction changed, so that a failed one leaves no trace.
+#[derive(Debug, Default)]
+struct Undo {
+    /// The index every write of the transaction takes, handed out at its first change.
+    index: Option<u64>,
+    index_before: u64,
+    kv_index_before: u64,
+    changed_keys_before: usize,
+    unplanned_tombstone_before: u64,
+    /// Each touched key's entry and tombstone before its first change.
+    kv: HashMap<String, (Option<Entry>, Option<u64>)>,
+}
+
+/// What changed in one write, for waking the blocking queries that watch it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Changes {
+    pub(crate) keys: Vec<String>,
+    pub(crate) sessions: bool,
+}
+
+/// One KV operation of a transaction, as Consul's `api.KVTxnOp` carries it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TxnKvOp {
+    pub(crate) verb: String,
+    pub(crate) key: String,
+    pub(crate) value: Vec<u8>,
+    pub(crate) flags: u64,
+    pub(crate) index: u64,
+    pub(crate) session: String,
+}
+
+/// Consul's `isWrite` (`agent/txn_endpoint.go`): the verbs that make a transaction go through
+/// Raft. Every other verb, unknown ones included, may run in a read-only transaction.
+pub(crate) fn txn_verb_writes(verb: &str) -> bool {
+    matches!(
+        verb,
+        "set" | "delete" | "delete-cas" | "delete-tree" | "cas" | "lock" | "unlock"
+    )
+}
+
+/// A failed operation of a transaction: its position and Consul's text.
+pub(crate) type TxnError = (usize, String);
 
 /// Validates a session id the way Consul's UUID index does before any lookup.
 fn check_uuid(id: &str) -> Result<(), String> {
@@ -164,7 +221,7 @@ fn check_uuid(id: &str) -> Result<(), String> {
 impl Store {
     /// An empty store for the single node `node`. The global index starts at 1, standing for
     /// the node's own registration, so no write is ever stamped 0 or 1.
-    pub(crate) fn new(node: &str) -> Self {
+    pub(crate) fn new(node: &str, tombstone_ttl: Duration) -> Self {
         Store {
             node: node.to_string(),
             index: 1,
@@ -174,6 +231,12 @@ impl Store {
             kv_index: 0,
             tombstones: BTreeMap::new(),
             lock_delays: HashMap::new(),
+            tombstone_ttl,
+            reap_plan: VecDeque::new(),
+            unplanned_tombstone: 0,
+            txn: None,
+            changed_keys: Vec::new(),
+            sessions_changed: false,
         }
     }
 
@@ -195,6 +258,126 @@ impl Store {
     fn next_index(&mut self) -> u64 {
         self.index += 1;
         self.index
+    }
+
+    /// The index a KV write takes: the next one, or the transaction's single index.
+    fn stamp(&mut self) -> u64 {
+        match self.txn.as_ref().map(|t| t.index) {
+            Some(Some(index)) => index,
+            Some(None) => {
+                let index = self.next_index();
+                if let Some(txn) = &mut self.txn {
+                    txn.index = Some(index);
+                }
+                index
+            }
+            None => self.next_index(),
+        }
+    }
+
+    /// Remembers `key`'s entry and tombstone before a transaction first changes it.
+    fn save(&mut self, key: &str) {
+        let Some(txn) = &self.txn else { return };
+        if txn.kv.contains_key(key) {
+            return;
+        }
+        let before = (self.kv.get(key).cloned(), self.tombstones.get(key).copied());
+        if let Some(txn) = &mut self.txn {
+            txn.kv.insert(key.to_string(), before);
+        }
+    }
+
+    /// Stores an entry (the one place entries are written).
+    fn put_entry(&mut self, entry: Entry) {
+        self.save(&entry.key);
+        self.kv_index = entry.modify_index;
+        self.changed_keys.push(entry.key.clone());
+        self.kv.insert(entry.key.clone(), entry);
+    }
+
+    /// Deletes an entry and leaves a tombstone at `index` (the one place entries are deleted).
+    fn remove_entry(&mut self, key: &str, index: u64) {
+        self.save(key);
+        if self.kv.remove(key).is_some() {
+            self.tombstones.insert(key.to_string(), index);
+            self.kv_index = index;
+            self.unplanned_tombstone = index;
+            self.changed_keys.push(key.to_string());
+        }
+    }
+
+    /// Plans the reaping of the tombstones written since the last call, `tombstone_ttl` from
+    /// `now`, grouped in spans of [`TOMBSTONE_GRANULARITY`] as Consul's `TombstoneGC.Hint` does
+    /// (`agent/consul/state/tombstone_gc.go`). Called after every write.
+    pub(crate) fn plan_reaping(&mut self, now: Instant) {
+        if self.unplanned_tombstone == 0 {
+            return;
+        }
+        let index = std::mem::take(&mut self.unplanned_tombstone);
+        let expires = now + self.tombstone_ttl;
+        match self.reap_plan.back_mut() {
+            Some((at, max)) if *at >= expires => *max = (*max).max(index),
+            _ => self
+                .reap_plan
+                .push_back((expires + TOMBSTONE_GRANULARITY, index)),
+        }
+    }
+
+    /// Reaps the tombstones whose time has come (Consul's leader issues `ReapTombstones` with
+    /// the highest index of the expired span). The reap is itself a write: it takes an index,
+    /// which becomes the KV table's, so a read of a prefix that held only reaped tombstones
+    /// answers a higher index than before, never a lower one (`kvsListTxn` falls back to the
+    /// table index). Returns how many were reaped.
+    pub(crate) fn reap_tombstones(&mut self, now: Instant) -> usize {
+        let mut up_to = 0;
+        while let Some(&(at, max)) = self.reap_plan.front() {
+            if at > now {
+                break;
+            }
+            up_to = up_to.max(max);
+            self.reap_plan.pop_front();
+        }
+        if up_to == 0 {
+            return 0;
+        }
+        let reaped: Vec<String> = self
+            .tombstones
+            .iter()
+            .filter(|(_, index)| **index <= up_to)
+            .map(|(key, _)| key.clone())
+            .collect();
+        if reaped.is_empty() {
+            return 0;
+        }
+        for key in &reaped {
+            self.tombstones.remove(key);
+        }
+        self.kv_index = self.next_index();
+        let count = reaped.len();
+        self.changed_keys.extend(reaped);
+        count
+    }
+
+    /// Number of tombstones kept.
+    pub(crate) fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// The next instant the timer task has work: a session's 2×TTL or a tombstone reap.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let reap = self.reap_plan.front().map(|(at, _)| *at);
+        match (self.next_expiry(), reap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What changed since the last call, for waking blocking queries.
+    pub(crate) fn take_changes(&mut self) -> Changes {
+        Changes {
+            keys: std::mem::take(&mut self.changed_keys),
+            sessions: std::mem::take(&mut self.sessions_changed),
+        }
     }
 
     // ---- sessions -------------------------------------------------------------------------
@@ -262,6 +445,7 @@ impl Store {
         };
         self.sessions.insert(id, session.clone());
         self.sessions_index = index;
+        self.sessions_changed = true;
         Ok(session)
     }
 
@@ -298,6 +482,7 @@ impl Store {
         };
         let index = self.next_index();
         self.sessions_index = index;
+        self.sessions_changed = true;
         let held: Vec<String> = self
             .kv
             .values()
@@ -307,17 +492,14 @@ impl Store {
         for key in held {
             match session.behavior {
                 Behavior::Release => {
-                    if let Some(entry) = self.kv.get_mut(&key) {
+                    if let Some(mut entry) = self.kv.get(&key).cloned() {
                         entry.session.clear();
                         entry.modify_index = index;
+                        self.put_entry(entry);
                     }
                 }
-                Behavior::Delete => {
-                    self.kv.remove(&key);
-                    self.tombstones.insert(key.clone(), index);
-                }
+                Behavior::Delete => self.remove_entry(&key, index),
             }
-            self.kv_index = index;
             if session.lock_delay > 0 {
                 let delay = Duration::from_nanos(session.lock_delay as u64).min(MAX_LOCK_DELAY);
                 self.lock_delays.insert(key, now + delay);
@@ -450,9 +632,9 @@ impl Store {
         {
             return;
         }
-        let index = self.next_index();
+        let index = self.stamp();
         let create_index = self.kv.get(key).map_or(index, |e| e.create_index);
-        let entry = Entry {
+        self.put_entry(Entry {
             key: key.to_string(),
             value,
             flags,
@@ -460,9 +642,7 @@ impl Store {
             lock_index,
             create_index,
             modify_index: index,
-        };
-        self.kv.insert(key.to_string(), entry);
-        self.kv_index = index;
+        });
     }
 
     /// A plain PUT. It keeps the holder's session (locks are advisory) but, as in Consul, the
@@ -509,6 +689,18 @@ impl Store {
         if self.lock_delayed(key, now) {
             return Ok(false);
         }
+        self.lock_entry(key, value, flags, session)
+    }
+
+    /// Consul's `kvsLockTxn`: the session checks and the holder rules of an acquire, after the
+    /// lock-delay check that Consul makes before Raft.
+    fn lock_entry(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        session: &str,
+    ) -> Result<bool, String> {
         if session.is_empty() {
             return Err("missing session".to_string());
         }
@@ -548,10 +740,9 @@ impl Store {
 
     /// Deletes one key (no-op when absent), leaving a tombstone.
     pub(crate) fn kv_delete(&mut self, key: &str) {
-        if self.kv.remove(key).is_some() {
-            let index = self.next_index();
-            self.tombstones.insert(key.to_string(), index);
-            self.kv_index = index;
+        if self.kv.contains_key(key) {
+            let index = self.stamp();
+            self.remove_entry(key, index);
         }
     }
 
@@ -573,12 +764,206 @@ impl Store {
         if keys.is_empty() {
             return;
         }
-        let index = self.next_index();
+        let index = self.stamp();
         for key in keys {
-            self.kv.remove(&key);
-            self.tombstones.insert(key, index);
+            self.remove_entry(&key, index);
         }
-        self.kv_index = index;
+    }
+
+    // ---- transactions (`PUT /v1/txn`) --------------------------------------------------------
+
+    /// Consul's `preCheck` for KV ops (`agent/consul/txn_endpoint.go`, `kvsPreApply`), run on
+    /// every op before anything applies: a key is required (except by `delete-tree`), the ACL
+    /// (`acl` answers an op's refusal, if any; reads are filtered later instead), then lock-delay
+    /// for `lock`. At most one error per op.
+    pub(crate) fn txn_precheck(
+        &self,
+        ops: &[TxnKvOp],
+        now: Instant,
+        acl: &dyn Fn(&TxnKvOp) -> Option<String>,
+    ) -> Vec<TxnError> {
+        let mut errors = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if op.key.is_empty() && op.verb != "delete-tree" {
+                errors.push((i, "Must provide key".to_string()));
+            } else if let Some(denied) = acl(op) {
+                errors.push((i, denied));
+            } else if op.verb == "lock" && self.lock_delayed(&op.key, now) {
+                errors.push((
+                    i,
+                    format!("failed to lock key {:?} due to lock delay", op.key),
+                ));
+            }
+        }
+        errors
+    }
+
+    /// A read-only transaction (Consul's `TxnRO`): every op runs, and any error fails the whole.
+    /// Only for transactions without a write verb (see [`txn_verb_writes`]).
+    pub(crate) fn txn_read(&self, ops: &[TxnKvOp]) -> Result<Vec<Vec<Entry>>, Vec<TxnError>> {
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            match self.txn_read_op(op) {
+                Ok(entries) => results.push(entries),
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(results)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// A transaction with writes (Consul's `TxnRW`, one Raft entry): the ops apply in order, each
+    /// seeing the ones before it; every entry written takes the same index; if any op fails,
+    /// every error is reported and nothing is kept (no index moves). Results come per op.
+    pub(crate) fn txn_write(&mut self, ops: &[TxnKvOp]) -> Result<Vec<Vec<Entry>>, Vec<TxnError>> {
+        self.txn = Some(Undo {
+            index: None,
+            index_before: self.index,
+            kv_index_before: self.kv_index,
+            changed_keys_before: self.changed_keys.len(),
+            unplanned_tombstone_before: self.unplanned_tombstone,
+            kv: HashMap::new(),
+        });
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let outcome = if txn_verb_writes(&op.verb) {
+                self.txn_write_op(op)
+            } else {
+                self.txn_read_op(op)
+            };
+            match outcome {
+                Ok(entries) => results.push(entries),
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        let Some(undo) = self.txn.take() else {
+            return Err(errors);
+        };
+        if errors.is_empty() {
+            return Ok(results);
+        }
+        for (key, (entry, tombstone)) in undo.kv {
+            match entry {
+                Some(entry) => self.kv.insert(key.clone(), entry),
+                None => self.kv.remove(&key),
+            };
+            match tombstone {
+                Some(index) => self.tombstones.insert(key, index),
+                None => self.tombstones.remove(&key),
+            };
+        }
+        self.index = undo.index_before;
+        self.kv_index = undo.kv_index_before;
+        self.changed_keys.truncate(undo.changed_keys_before);
+        self.unplanned_tombstone = undo.unplanned_tombstone_before;
+        Err(errors)
+    }
+
+    /// One read verb (`agent/consul/state/txn.go`, `txnKVS`). Results carry values.
+    fn txn_read_op(&self, op: &TxnKvOp) -> Result<Vec<Entry>, String> {
+        let key = op.key.as_str();
+        let current = self.kv.get(key);
+        match op.verb.as_str() {
+            "get" => current
+                .cloned()
+                .map(|e| vec![e])
+                .ok_or_else(|| format!("key {key:?} doesn't exist")),
+            // A missing key answers the op itself, without a value.
+            "get-or-empty" => Ok(vec![current.cloned().unwrap_or_else(|| Entry {
+                key: op.key.clone(),
+                value: Vec::new(),
+                flags: op.flags,
+                session: op.session.clone(),
+                lock_index: 0,
+                create_index: 0,
+                modify_index: op.index,
+            })]),
+            "get-tree" => Ok(self.under(key).cloned().collect()),
+            "check-session" => match current {
+                None => Err(format!(
+                    "failed to check session, key {key:?} doesn't exist"
+                )),
+                Some(e) if e.session != op.session => Err(format!(
+                    "failed session check for key {key:?}, current session {:?} != {:?}",
+                    e.session, op.session
+                )),
+                Some(e) => Ok(vec![without_value(e)]),
+            },
+            "check-index" => match current {
+                None => Err(format!("failed to check index, key {key:?} doesn't exist")),
+                Some(e) if e.modify_index != op.index => Err(format!(
+                    "failed index check for key {key:?}, current modify index {} != {}",
+                    e.modify_index, op.index
+                )),
+                Some(e) => Ok(vec![without_value(e)]),
+            },
+            "check-not-exists" => match current {
+                Some(_) => Err(format!("key {key:?} exists")),
+                None => Ok(Vec::new()),
+            },
+            other => Err(format!("unknown KV verb {other:?}")),
+        }
+    }
+
+    /// One write verb. Results are the written entry without its value; deletes give none.
+    fn txn_write_op(&mut self, op: &TxnKvOp) -> Result<Vec<Entry>, String> {
+        let key = op.key.as_str();
+        let written = |store: &Self| store.kv.get(key).map(without_value).into_iter().collect();
+        match op.verb.as_str() {
+            "set" => {
+                self.kv_set(key, op.value.clone(), op.flags);
+                Ok(written(self))
+            }
+            "cas" => {
+                if !self.kv_cas(key, op.value.clone(), op.flags, op.index) {
+                    return Err(format!("failed to set key {key:?}, index is stale"));
+                }
+                Ok(written(self))
+            }
+            "lock" => {
+                if !self.lock_entry(key, op.value.clone(), op.flags, &op.session)? {
+                    return Err(format!("failed to lock key {key:?}, lock is already held"));
+                }
+                Ok(written(self))
+            }
+            "unlock" => {
+                if !self.kv_release(key, op.value.clone(), op.flags, &op.session)? {
+                    return Err(format!(
+                        "failed to unlock key {key:?}, lock isn't held, or is held by another \
+                         session"
+                    ));
+                }
+                Ok(written(self))
+            }
+            "delete" => {
+                self.kv_delete(key);
+                Ok(Vec::new())
+            }
+            "delete-cas" => {
+                if !self.kv_delete_cas(key, op.index) {
+                    return Err(format!("failed to delete key {key:?}, index is stale"));
+                }
+                Ok(Vec::new())
+            }
+            "delete-tree" => {
+                self.kv_delete_tree(key);
+                Ok(Vec::new())
+            }
+            _ => self.txn_read_op(op),
+        }
+    }
+}
+
+/// A copy of an entry without its value, as transaction results of writes and checks carry.
+fn without_value(entry: &Entry) -> Entry {
+    Entry {
+        value: Vec::new(),
+        ..entry.clone()
     }
 }
 
@@ -589,7 +974,45 @@ mod tests {
     const NODE: &str = "node1";
 
     fn store() -> Store {
-        Store::new(NODE)
+        Store::new(NODE, Duration::from_secs(900))
+    }
+
+    #[test]
+    fn tombstones_are_reaped_after_their_ttl_and_indexes_never_slide_back() {
+        let mut s = store();
+        let now = Instant::now();
+        s.kv_set("p/a", vec![], 0);
+        s.kv_set("p/b", vec![], 0);
+        s.kv_set("q", vec![], 0);
+        s.kv_delete("p/a");
+        s.kv_delete("q");
+        s.plan_reaping(now);
+        let later = now + Duration::from_secs(10);
+        s.kv_delete("p/b");
+        s.plan_reaping(later);
+        // All three fall in one span of the granularity.
+        assert_eq!(s.reap_plan.len(), 1);
+        let (before_prefix, _) = s.kv_list("p/");
+        let (before_q, _) = s.kv_get("q");
+        assert_eq!(s.reap_tombstones(now + Duration::from_secs(899)), 0);
+        assert_eq!(s.next_deadline(), Some(now + Duration::from_secs(930)));
+        assert_eq!(s.reap_tombstones(now + Duration::from_secs(930)), 3);
+        assert_eq!(s.tombstone_count(), 0);
+        // An emptied prefix and a missing key answer the table index, which the reap moved on.
+        assert!(s.kv_list("p/").0 > before_prefix);
+        assert!(s.kv_get("q").0 > before_q);
+        assert_eq!(s.take_changes().keys.len(), 3 + 3 + 3);
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn failed_txn_plans_no_reaping() {
+        let mut s = store();
+        s.kv_set("k", vec![], 0);
+        let ops = [op("delete", "k"), op("get", "missing")];
+        assert!(s.txn_write(&ops).is_err());
+        s.plan_reaping(Instant::now());
+        assert!(s.reap_plan.is_empty());
     }
 
     fn session_with(store: &mut Store, now: Instant, edit: impl FnOnce(&mut NewSession)) -> String {
@@ -906,6 +1329,213 @@ mod tests {
         assert!(s.kv_get("d/k").1.is_none());
         assert_eq!(s.kv_list("d/").0, s.index());
         assert_eq!(s.session_count(), 0);
+    }
+
+    fn op(verb: &str, key: &str) -> TxnKvOp {
+        TxnKvOp {
+            verb: verb.into(),
+            key: key.into(),
+            ..TxnKvOp::default()
+        }
+    }
+
+    #[test]
+    fn txn_applies_every_write_at_one_index() {
+        let mut s = store();
+        let now = Instant::now();
+        let a = session(&mut s, now);
+        s.kv_set("old", b"x".to_vec(), 0);
+        let before = s.index();
+        let mut lock = op("lock", "k");
+        lock.session = a.clone();
+        lock.value = b"v".to_vec();
+        let mut set = op("set", "other");
+        set.flags = 3;
+        let results: Vec<Entry> = s
+            .txn_write(&[lock, set, op("get", "k"), op("delete", "old")])
+            .unwrap()
+            .concat();
+        assert_eq!(s.index(), before + 1);
+        assert_eq!(results.len(), 3, "{results:?}");
+        // The lock result has no value; the get that follows sees the lock with its value.
+        assert_eq!((results[0].lock_index, results[0].value.len()), (1, 0));
+        assert_eq!(results[0].session, a);
+        assert_eq!(results[1].flags, 3);
+        assert_eq!(results[2].value, b"v");
+        for r in &results {
+            assert_eq!(r.modify_index, before + 1);
+        }
+        assert_eq!(s.tombstones.get("old"), Some(&(before + 1)));
+        assert_eq!(s.take_changes().keys, vec!["old", "k", "other", "old"]);
+    }
+
+    #[test]
+    fn failed_txn_changes_nothing_and_reports_every_error() {
+        let mut s = store();
+        let now = Instant::now();
+        let a = session(&mut s, now);
+        s.kv_set("k", b"v".to_vec(), 0);
+        s.kv_delete("gone");
+        let before = s.index();
+        let snapshot = (s.kv.clone(), s.tombstones.clone(), s.kv_index);
+        s.take_changes();
+        let mut cas = op("cas", "k");
+        cas.index = 999;
+        let mut unlock = op("unlock", "k");
+        unlock.session = a.clone();
+        let errors = s
+            .txn_write(&[
+                op("set", "new"),
+                op("delete", "k"),
+                cas,
+                unlock,
+                op("check-not-exists", "new"),
+            ])
+            .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                (2, r#"failed to set key "k", index is stale"#.to_string()),
+                (
+                    3,
+                    r#"failed to unlock key "k", lock isn't held, or is held by another session"#
+                        .to_string()
+                ),
+                (4, r#"key "new" exists"#.to_string()),
+            ]
+        );
+        assert_eq!(s.index(), before);
+        assert_eq!((s.kv.clone(), s.tombstones.clone(), s.kv_index), snapshot);
+        assert_eq!(s.take_changes(), Changes::default());
+    }
+
+    #[test]
+    fn txn_error_texts() {
+        let mut s = store();
+        let now = Instant::now();
+        let a = session(&mut s, now);
+        let b = session(&mut s, now);
+        let mut lock = op("lock", "held");
+        lock.session = a.clone();
+        s.txn_write(&[lock.clone()]).unwrap();
+        let index = s.kv_get("held").1.unwrap().modify_index;
+        let text = |s: &mut Store, o: TxnKvOp| s.txn_write(&[o]).unwrap_err()[0].1.clone();
+        let mut other = lock.clone();
+        other.session = b.clone();
+        assert_eq!(
+            text(&mut s, other),
+            r#"failed to lock key "held", lock is already held"#
+        );
+        assert_eq!(text(&mut s, op("lock", "x")), "missing session");
+        let mut ghost = op("lock", "x");
+        ghost.session = "00000000-0000-0000-0000-000000000000".into();
+        assert_eq!(
+            text(&mut s, ghost),
+            r#"invalid session "00000000-0000-0000-0000-000000000000""#
+        );
+        assert_eq!(text(&mut s, op("get", "x")), r#"key "x" doesn't exist"#);
+        let mut check = op("check-session", "held");
+        check.session = b.clone();
+        assert_eq!(
+            text(&mut s, check),
+            format!(r#"failed session check for key "held", current session "{a}" != "{b}""#)
+        );
+        assert_eq!(
+            text(&mut s, op("check-session", "x")),
+            r#"failed to check session, key "x" doesn't exist"#
+        );
+        let mut check = op("check-index", "held");
+        check.index = index + 5;
+        assert_eq!(
+            text(&mut s, check),
+            format!(
+                r#"failed index check for key "held", current modify index {index} != {}"#,
+                index + 5
+            )
+        );
+        assert_eq!(
+            text(&mut s, op("check-index", "x")),
+            r#"failed to check index, key "x" doesn't exist"#
+        );
+        let mut delete = op("delete-cas", "held");
+        delete.index = index + 1;
+        assert_eq!(
+            text(&mut s, delete),
+            r#"failed to delete key "held", index is stale"#
+        );
+        assert_eq!(
+            text(&mut s, op("explode", "x")),
+            r#"unknown KV verb "explode""#
+        );
+    }
+
+    #[test]
+    fn txn_reads_and_checks() {
+        let mut s = store();
+        let now = Instant::now();
+        let a = session(&mut s, now);
+        let mut lock = op("lock", "p/k");
+        lock.session = a.clone();
+        lock.value = b"v".to_vec();
+        s.txn_write(&[lock]).unwrap();
+        s.kv_set("p/j", b"w".to_vec(), 0);
+        let index = s.kv_get("p/k").1.unwrap().modify_index;
+        let mut check = op("check-index", "p/k");
+        check.index = index;
+        let mut session_check = op("check-session", "p/k");
+        session_check.session = a.clone();
+        let mut empty = op("get-or-empty", "p/none");
+        empty.flags = 9;
+        let results: Vec<Entry> = s
+            .txn_read(&[
+                op("get-tree", "p/"),
+                check,
+                session_check,
+                op("check-not-exists", "p/none"),
+                empty,
+            ])
+            .unwrap()
+            .concat();
+        let keys: Vec<&str> = results.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["p/j", "p/k", "p/k", "p/k", "p/none"]);
+        assert_eq!(results[1].value, b"v");
+        assert!(results[2].value.is_empty() && results[3].value.is_empty());
+        assert_eq!((results[4].flags, results[4].modify_index), (9, 0));
+        // A delete-cas of a missing key succeeds, as the KV endpoint's does.
+        let mut delete = op("delete-cas", "p/none");
+        delete.index = 4;
+        let before = s.index();
+        assert_eq!(s.txn_write(&[delete]), Ok(vec![vec![]]));
+        assert_eq!(s.index(), before);
+    }
+
+    #[test]
+    fn txn_precheck_order_and_lock_delay() {
+        let mut s = store();
+        let now = Instant::now();
+        let a = session(&mut s, now);
+        assert!(s.kv_acquire("k", vec![], 0, &a, now).unwrap());
+        s.destroy_session(&a, now).unwrap();
+        let deny = |o: &TxnKvOp| (o.key == "secret").then(|| "Permission denied".to_string());
+        let ops = [
+            op("get", ""),
+            op("delete-tree", ""),
+            op("set", "secret"),
+            op("lock", "k"),
+            op("lock", "free"),
+        ];
+        assert_eq!(
+            s.txn_precheck(&ops, now, &deny),
+            vec![
+                (0, "Must provide key".to_string()),
+                (2, "Permission denied".to_string()),
+                (3, r#"failed to lock key "k" due to lock delay"#.to_string()),
+            ]
+        );
+        assert!(
+            s.txn_precheck(&ops[3..], now + DEFAULT_LOCK_DELAY, &deny)
+                .is_empty()
+        );
     }
 
     #[test]
