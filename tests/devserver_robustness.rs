@@ -475,7 +475,6 @@ fn load_many_watchers_and_connections() {
 /// `-v` with a stderr nobody reads must not freeze the server: it keeps answering after
 /// thousands of logged requests and stops on SIGTERM.
 #[test]
-#[ignore = "needs the non-blocking log writer"]
 fn verbose_with_unread_stderr_keeps_serving() {
     let bin = env!("CARGO_BIN_EXE_consullock");
     let mut child = Command::new(bin)

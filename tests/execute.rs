@@ -867,7 +867,8 @@ fn as_pid1_it_reaps_orphans_forwards_term_and_propagates_the_exit_code() {
     }
     let consul = TestConsul::start();
     let key = consul.unique_key("pid1");
-    let consullock = env!("CARGO_BIN_EXE_consullock");
+    let consullock = crate::support::consullock_bin();
+    let consullock = consullock.to_str().expect("a UTF-8 path");
     let base = consul.command();
 
     let exited = Running::start(

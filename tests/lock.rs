@@ -526,7 +526,7 @@ fn a_waiting_lock_shows_its_holder_on_a_terminal_only() {
         let command = consul.command();
         let shell_command = format!(
             "{} lock --timeout 0.5 {key}",
-            env!("CARGO_BIN_EXE_consullock")
+            crate::support::consullock_bin().display()
         );
         let mut script = Command::new("script");
         script.args(["-qec", &shell_command, "/dev/null"]);

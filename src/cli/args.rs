@@ -220,7 +220,7 @@ pub(crate) struct DevServerArgs {
 
     /// The agent's node name, as Consul's `-node` (default: the host name)
     #[arg(long, value_name = "NAME")]
-    pub node: Option<String>,
+    pub(crate) node: Option<String>,
 
     /// Test-only: serve `/_devserver/faults` to inject HTTP faults (see `devserver::faults`).
     #[arg(long, hide = true)]

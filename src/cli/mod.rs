@@ -342,15 +342,32 @@ fn regex_error(pattern: &str, error: &regex::Error) -> String {
     format!("invalid regular expression {pattern:?}: {detail}")
 }
 
+/// `consullock dev-server`: binds, says where on stderr (tests read the address from that
+/// line), serves until SIGINT or SIGTERM. Its log lines go through the same stderr queue as
+/// everything else, so a stderr nobody reads never stops it from answering.
 async fn run_dev_server(args: DevServerArgs, verbose: u8) -> Result<i32, Error> {
-    consullock::devserver::run(consullock::devserver::Options {
-        listen: args.listen,
+    use tokio::signal::unix::{SignalKind, signal};
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let bound = listener.local_addr()?;
+    // Handlers before the announcement, so a test that signals right after reading it is
+    // handled.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    log::line(&consullock::devserver::startup_line(bound));
+    let stop = async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    let options = consullock::devserver::Options {
+        listen: bound,
         acl_token: args.acl_token,
         verbose,
         test_faults: args.test_faults,
         node: args.node,
         ..Default::default()
-    })
-    .await?;
+    };
+    consullock::devserver::serve(listener, options, stop).await;
     Ok(exit::SUCCESS)
 }

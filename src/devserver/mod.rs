@@ -36,7 +36,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
 pub use server::serve;
@@ -212,32 +211,14 @@ async fn timers(shared: Arc<Shared>) {
     }
 }
 
-/// Runs the dev server until SIGINT or SIGTERM.
-///
-/// Binds `options.listen` (port 0 picks a free port), then prints one line on stderr with the
-/// bound address as `http://HOST:PORT`; tests read the address from that line. That line is the
-/// only one written directly: everything else the server says goes through `tracing` (target
-/// `consullock::devserver`), requests at INFO.
-pub async fn run(options: Options) -> std::io::Result<()> {
-    let listener = TcpListener::bind(options.listen).await?;
-    let bound = listener.local_addr()?;
-    // Register signal handlers before announcing readiness, so a test that signals right after
-    // reading the line is handled.
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    eprintln!(
+/// The start-up line a program serving the dev server on `bound` prints (the command line
+/// prints it on stderr; tests read the address from it).
+pub fn startup_line(bound: std::net::SocketAddr) -> String {
+    format!(
         "consullock dev-server listening on http://{bound} (consullock's dev server speaking \
          Consul {CONSUL_VERSION}'s HTTP API; in-memory, for development and tests only; keeps \
          nothing on disk; no replacement for Consul)"
-    );
-    let stop = async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    };
-    serve(listener, options, stop).await;
-    Ok(())
+    )
 }
 
 /// A dev server running inside this process, for tests and documentation examples. It stops

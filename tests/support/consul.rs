@@ -185,7 +185,7 @@ impl TestConsul {
     /// The `consullock` binary with every `CONSUL_*` variable removed, then `CONSUL_HTTP_ADDR`
     /// (and `CONSUL_HTTP_TOKEN`) set for this Consul.
     pub(crate) fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_consullock"));
+        let mut command = Command::new(super::consullock_bin());
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("CONSUL_") {
                 command.env_remove(&name);

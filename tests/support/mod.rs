@@ -12,6 +12,16 @@ pub(crate) use consul::{TestConsul, wait_until};
 #[allow(unused_imports)]
 pub(crate) use http::Response;
 
+/// The `consullock` binary the tests drive as a client: this build's, or the one named by
+/// `CONSULLOCK_TEST_BIN` (to show that a new test fails against an older build). Dev servers
+/// always come from this build.
+pub(crate) fn consullock_bin() -> std::path::PathBuf {
+    match std::env::var_os("CONSULLOCK_TEST_BIN") {
+        Some(path) if !path.is_empty() => path.into(),
+        _ => env!("CARGO_BIN_EXE_consullock").into(),
+    }
+}
+
 /// Prints a line past the test harness's output capture: skips and summaries must be seen in a
 /// passing run, not only in a failing one.
 pub(crate) fn report(line: &str) {
