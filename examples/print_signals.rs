@@ -3,7 +3,7 @@
 //! on the handshake and count deliveries (the dumb-init `print_signals.py` pattern).
 //!
 //! ```text
-//! print_signals [--exit-on-term] [--spawn-grandchild] [--orphan N] [--stdin]
+//! print_signals [--exit-on-term] [--spawn-grandchild] [--orphan N] [--stdin] [--leave-group]
 //! ```
 //! * `--exit-on-term`: after printing `TERM`, exit 143 (128 + SIGTERM).
 //! * `--spawn-grandchild`: start `sleep 1000` (in our process group) and print
@@ -11,6 +11,9 @@
 //! * `--orphan N`: before `ready`, leave N orphaned grandchildren that exit by themselves soon
 //!   after (through a shell that backgrounds them and exits), printing `orphans N`.
 //! * `--stdin`: exit 0 when stdin reaches EOF or gives a line `exit`.
+//! * `--leave-group`: before `ready`, move out of its process group into its parent's
+//!   (`setpgid(0, getpgid(getppid()))`), as a program that manages its own groups may, and
+//!   print `group <pgid>`.
 //!
 //! Without `--exit-on-term` or `--stdin` it runs until killed.
 
@@ -41,12 +44,14 @@ fn run() -> std::io::Result<ExitCode> {
     let mut grandchild = false;
     let mut orphans = 0u32;
     let mut watch_stdin = false;
+    let mut leave_group = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--exit-on-term" => exit_on_term = true,
             "--spawn-grandchild" => grandchild = true,
             "--stdin" => watch_stdin = true,
+            "--leave-group" => leave_group = true,
             "--orphan" => {
                 orphans = args.next().and_then(|n| n.parse().ok()).ok_or_else(|| {
                     std::io::Error::new(std::io::ErrorKind::InvalidInput, "--orphan needs N")
@@ -75,6 +80,11 @@ fn run() -> std::io::Result<ExitCode> {
         let script = format!("for i in $(seq {orphans}); do (sleep 0.2; exit 3) & done; exit 0");
         Command::new("/bin/sh").arg("-c").arg(script).status()?;
         say(&format!("orphans {orphans}"))?;
+    }
+    if leave_group {
+        let parents = nix::unistd::getpgid(Some(nix::unistd::getppid()))?;
+        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), parents)?;
+        say(&format!("group {}", nix::unistd::getpgrp()))?;
     }
     say(&format!("ready {}", std::process::id()))?;
 

@@ -39,7 +39,7 @@ let manager = LockManager::for_address(&server.address().to_string())?;
 let holder = manager.acquire("jobs/sync", AcquireOptions::default()).await?;
 let try_once = AcquireOptions { non_blocking: true, ..AcquireOptions::default() };
 match manager.acquire("jobs/sync", try_once).await {
-    Err(Error::NotAcquired { key }) => println!("{key} is busy; skipping this run"),
+    Err(Error::NotAcquired { key, refusal }) => println!("{key}: {refusal}; skipping this run"),
     other => panic!("unexpected: {other:?}"),
 }
 holder.release().await?;

@@ -68,7 +68,7 @@ pub const EARLY_RETURN_BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// How long an attempt that was cancelled (or timed out) while its session-create request was
 /// in flight still waits for the answer, to destroy the session the server may have made.
-pub const ABANDONED_CREATE_GRACE: Duration = Duration::from_secs(3);
+pub const ABANDONED_CREATE_GRACE: Duration = Duration::from_secs(1);
 
 /// Deadline of each request of a release: a Consul that stopped answering must not hold the
 /// program for long, the session expires by itself anyway.
@@ -668,14 +668,13 @@ async fn attempts<C: Future<Output = ()>>(
                     pid: Some(std::process::id()),
                 };
                 let value = info.to_value();
-                let sent_at = clock::now();
                 let attempt = try_acquire(client, key, &value, &session_id, read.index);
                 match bounds.run(attempt).await.map_err(|i| bounds.error(i))? {
-                    Ok(Attempt::Acquired(entry)) => {
+                    Ok(Attempt::Acquired(entry, confirmed_at)) => {
                         // Consul just confirmed the session (and now the lock): the contact
                         // window starts here, not at the last renew.
                         if let Some(liveness) = holder.liveness() {
-                            liveness.shared.confirm(sent_at);
+                            liveness.shared.confirm(confirmed_at);
                         }
                         tracing::info!(key, session = %session_id, fencing_token = entry.modify_index, "lock acquired");
                         return Ok(Acquired {
@@ -798,8 +797,9 @@ async fn attempts<C: Future<Output = ()>>(
 
 /// What one acquire request found.
 enum Attempt {
-    /// Ours, with the entry read right after.
-    Acquired(KvEntry),
+    /// Ours, with the entry read right after, and when that read (which confirms the lock) was
+    /// sent.
+    Acquired(KvEntry, Duration),
     /// Acquired, then gone before the read (an operator's unlock).
     LostRightAway,
     /// Refused: the key as read right after.
@@ -820,11 +820,14 @@ async fn try_acquire(
         .kv_put(key, value, PutMode::Acquire(session), None)
         .await?
     {
+        let sent_at = clock::now();
         let read = client
             .kv_get(key, &QueryOptions::default().consistent())
             .await?;
         return Ok(match read.value {
-            Some(entry) if entry.session.as_deref() == Some(session) => Attempt::Acquired(entry),
+            Some(entry) if entry.session.as_deref() == Some(session) => {
+                Attempt::Acquired(entry, sent_at)
+            }
             _ => Attempt::LostRightAway,
         });
     }

@@ -6,209 +6,26 @@
 //! (CLOCK_REALTIME: one clock for every process on this machine).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::support::process::{
+    EXIT, HANDSHAKE, Running, Scratch, children_of, example, process_running,
+};
 use crate::support::proxy::{Mode, Proxy};
-use crate::support::{Response, TestConsul, wait_until};
+use crate::support::{TestConsul, wait_until};
 
-/// Acquiring and starting a child; generous because cases run in parallel on small machines.
-const HANDSHAKE: Duration = Duration::from_secs(30);
-/// How long a run that should end by itself may take.
-const EXIT: Duration = Duration::from_secs(30);
 /// Issue 4: lock loss seen by Consul stops the child within this.
 const LOSS_REACTION: Duration = Duration::from_secs(1);
-/// Stdout/stderr readers finish once every writer is gone; how long that may lag the exit.
-const PIPE_CLOSE: Duration = Duration::from_secs(5);
 
 /// The `print_signals` example next to this test binary (`target/debug/examples`).
 fn print_signals() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.ancestors()
-        .map(|dir| dir.join("examples").join("print_signals"))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the print_signals example is not built (looked in the examples/ directory above \
-                 {}): `cargo test` builds examples; otherwise run `cargo build --examples`",
-                exe.display()
-            )
-        })
-}
-
-/// A temporary directory for one case, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "consullock-execute-{}-{n}-{name}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// The file's text, or "" while it does not exist.
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `consullock` (or wrapper) with its stdout and stderr collected as they come.
-struct Running {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-    code: Option<i32>,
-}
-
-fn collect(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<()>) {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    let handle = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    (text, handle)
-}
-
-impl Running {
-    /// Spawns `command` with stdout and stderr piped; stdin is piped when `stdin` is true and
-    /// /dev/null otherwise (never a terminal the test runner may have).
-    fn start(mut command: Command, stdin: bool) -> Running {
-        command
-            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-        let (stdout, out_reader) = collect(child.stdout.take().expect("stdout"));
-        let (stderr, err_reader) = collect(child.stderr.take().expect("stderr"));
-        Running {
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            stderr,
-            readers: vec![out_reader, err_reader],
-            code: None,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).expect("pid fits")
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.pid()), signal).unwrap_or_else(|e| panic!("{signal}: {e}"));
-    }
-
-    /// Waits for the child's `ready <pid>` line (print_signals) and returns that pid.
-    fn ready_pid(&mut self) -> i32 {
-        let mut pid = None;
-        wait_until(HANDSHAKE, "the child's ready line", || {
-            self.assert_running("before its child was ready");
-            pid = self.stdout().lines().find_map(|line| {
-                line.strip_prefix("ready ")
-                    .and_then(|p| p.trim().parse().ok())
-            });
-            pid.is_some()
-        });
-        pid.expect("checked")
-    }
-
-    /// Waits until stdout holds `line` as a whole line.
-    fn wait_line(&self, line: &str) {
-        wait_until(HANDSHAKE, &format!("the line {line:?} on stdout"), || {
-            self.stdout().lines().any(|l| l == line)
-        });
-    }
-
-    fn assert_running(&mut self, when: &str) {
-        if let Some(code) = self.try_code() {
-            panic!(
-                "consullock exited {code} {when}; stdout {:?}, stderr {:?}",
-                self.stdout(),
-                self.stderr()
-            );
-        }
-    }
-
-    fn try_code(&mut self) -> Option<i32> {
-        if self.code.is_none()
-            && let Some(status) = self.child.try_wait().expect("try_wait")
-        {
-            let code = status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().expect("exited or signaled"));
-            self.code = Some(code);
-        }
-        self.code
-    }
-
-    /// Waits up to `deadline` for the exit, then for its pipes to close; returns the exit code
-    /// (128+N when it died of signal N).
-    fn wait(&mut self, deadline: Duration) -> i32 {
-        drop(self.stdin.take());
-        let mut code = None;
-        wait_until(deadline, "consullock to exit", || {
-            code = self.try_code();
-            code.is_some()
-        });
-        wait_until(PIPE_CLOSE, "stdout and stderr to close", || {
-            self.readers.iter().all(JoinHandle::is_finished)
-        });
-        code.expect("checked")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.try_code().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    example("print_signals")
 }
 
 /// A finished run.
@@ -234,47 +51,6 @@ fn execute_command(consul: &TestConsul, args: &[&str]) -> Command {
     let mut command = consul.command();
     command.arg("execute").args(args);
     command
-}
-
-/// The sessions on the server whose name mentions `key` (ours are named after their key).
-fn sessions_of(consul: &TestConsul, key: &str) -> Vec<serde_json::Value> {
-    consul
-        .sessions()
-        .into_iter()
-        .filter(|s| s["Name"].as_str().is_some_and(|name| name.contains(key)))
-        .collect()
-}
-
-/// The key's entry, or None when it does not exist.
-fn key_entry(consul: &TestConsul, key: &str) -> Option<serde_json::Value> {
-    let response: Response = consul.get(&format!("/v1/kv/{key}"));
-    match response.status {
-        404 => None,
-        200 => Some(response.json()[0].clone()),
-        other => panic!("GET /v1/kv/{key}: {other} {}", response.text()),
-    }
-}
-
-/// Issue 4, guarantee 7: no session and no key of ours is left behind.
-fn assert_nothing_left(consul: &TestConsul, key: &str) {
-    let sessions = sessions_of(consul, key);
-    assert!(
-        sessions.is_empty(),
-        "sessions left behind for {key}: {sessions:?}"
-    );
-    assert_eq!(key_entry(consul, key), None, "key {key} left behind");
-}
-
-/// Whether `pid` exists and is not a zombie (an exited process whose parent has not reaped it
-/// yet runs nothing; in containers, init may take a while to reap re-parented zombies).
-fn process_running(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, None | Some("Z" | "X"))
 }
 
 /// Nanoseconds since the epoch, comparable with `date +%s%N` in children.
@@ -326,14 +102,14 @@ fn exit_codes_and_signal_deaths_propagate() {
         assert_eq!(shell.code, code, "shell form: {shell:?}");
         let direct = execute(&consul, &[&key, "--", "sh", "-c", &format!("exit {code}")]);
         assert_eq!(direct.code, code, "-- form: {direct:?}");
-        assert_nothing_left(&consul, &key);
+        consul.assert_nothing_left(&key);
     }
     // Death by signal N: 128 + N.
     let killed = execute(&consul, &[&key, "kill -KILL $$"]);
     assert_eq!(killed.code, 128 + 9, "{killed:?}");
     let usr1 = execute(&consul, &[&key, "--", "sh", "-c", "kill -USR1 $$"]);
     assert_eq!(usr1.code, 128 + 10, "{usr1:?}");
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 #[test]
@@ -356,7 +132,7 @@ fn commands_that_cannot_run_give_126_and_127() {
         let run = execute(&consul, &args);
         assert_eq!(run.code, code, "{args:?}: {run:?}");
         assert_eq!(run.stdout, "", "{args:?}");
-        assert_nothing_left(&consul, &key);
+        consul.assert_nothing_left(&key);
     }
 }
 
@@ -377,7 +153,7 @@ fn both_command_forms_keep_arguments() {
             "{args:?}: {run:?}"
         );
     }
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 #[test]
@@ -415,7 +191,9 @@ fn child_environment_and_fencing_token() {
         .filter_map(|line| line.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let entry = key_entry(&consul, &key).expect("the key is held while the child runs");
+    let entry = consul
+        .key_entry(&key)
+        .expect("the key is held while the child runs");
     assert_eq!(env.get("CONSULLOCK_KEY"), Some(&key), "{env:?}");
     assert_eq!(
         env.get("CONSUL_LOCK_HELD").map(String::as_str),
@@ -443,7 +221,7 @@ fn child_environment_and_fencing_token() {
     assert_eq!(code, 0, "stderr: {}", running.stderr());
     // stdout belongs to the child alone.
     assert_eq!(running.stdout(), "hello\n");
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 
     // The key was deleted on release; the next holder's token is still larger.
     let second = execute(
@@ -456,7 +234,7 @@ fn child_environment_and_fencing_token() {
         second_token > first_token,
         "{second_token} after {first_token}"
     );
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 #[test]
@@ -507,7 +285,7 @@ fn forwarded_signals_reach_the_child_once_each() {
         );
     }
     assert_eq!(stdout.lines().count(), sent.len() + 1, "{stdout:?}");
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 #[test]
@@ -530,7 +308,7 @@ fn sigterm_is_forwarded_once_and_the_lock_freed_within_the_grace() {
     wait_until(
         grace + Duration::from_secs(2),
         "the lock to be freed after the grace",
-        || key_entry(&consul, &key).is_none(),
+        || consul.key_entry(&key).is_none(),
     );
     assert!(
         sent_at.elapsed() >= grace,
@@ -549,7 +327,7 @@ fn sigterm_is_forwarded_once_and_the_lock_freed_within_the_grace() {
         "{}",
         stubborn.stdout()
     );
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 
     // A child that dies of it: 143, at once.
     let mut obedient = Running::start(
@@ -577,7 +355,7 @@ fn sigterm_is_forwarded_once_and_the_lock_freed_within_the_grace() {
         "{}",
         obedient.stdout()
     );
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 #[test]
@@ -598,7 +376,7 @@ fn destroying_the_session_stops_the_child_and_its_grandchild() {
     });
     let grandchild: i32 = scratch.read("pid").trim().parse().expect("a pid");
     assert!(process_running(grandchild));
-    let entry = key_entry(&consul, &key).expect("the key is held");
+    let entry = consul.key_entry(&key).expect("the key is held");
     let session = entry["Session"].as_str().expect("a session");
 
     let destroyed = consul.put(&format!("/v1/session/destroy/{session}"), b"");
@@ -614,7 +392,7 @@ fn destroying_the_session_stops_the_child_and_its_grandchild() {
         running.stderr()
     );
     assert_eq!(running.stdout(), "");
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 #[test]
@@ -652,7 +430,7 @@ fn deleting_the_key_is_a_loss_with_the_chosen_exit_code() {
         "{}",
         running.stderr()
     );
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 /// The outage: A holds the lock through a proxy that starts swallowing all traffic. A must
@@ -700,7 +478,7 @@ fn outage_behind_a_swallowing_proxy_never_lets_two_holders_overlap() {
     ]);
     let mut b = Running::start(b_command, false);
     wait_until(HANDSHAKE, "B to wait with its own session", || {
-        sessions_of(&consul, &key).len() == 2
+        consul.sessions_of(&key).len() == 2
     });
 
     let blackholed_at = now_ns();
@@ -731,7 +509,7 @@ fn outage_behind_a_swallowing_proxy_never_lets_two_holders_overlap() {
         "A's child stopped {stopped_after:?} into the outage"
     );
     drop(proxy);
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 #[test]
@@ -804,11 +582,11 @@ fn sigkill_of_consullock_kills_the_child() {
         || !process_running(child),
     );
     // A killed consullock cannot clean up: the session lives on until its TTL. Clear it here.
-    for session in sessions_of(&consul, &key) {
+    for session in consul.sessions_of(&key) {
         let id = session["ID"].as_str().expect("an ID");
         consul.put(&format!("/v1/session/destroy/{id}"), b"");
     }
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 /// Processes in the PID namespace of `pid` (host pids), with their state letters.
@@ -877,7 +655,7 @@ fn as_pid1_it_reaps_orphans_forwards_term_and_propagates_the_exit_code() {
     )
     .wait_owned();
     assert_eq!(exited.0, 42, "stderr: {}", exited.1);
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 
     let print_signals = print_signals();
     let args = [
@@ -925,7 +703,7 @@ fn as_pid1_it_reaps_orphans_forwards_term_and_propagates_the_exit_code() {
         "{}",
         running.stdout()
     );
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 /// An `execute` holding `key` with a print_signals child that exits on SIGTERM, once it runs.
@@ -938,14 +716,6 @@ fn hold(consul: &TestConsul, key: &str) -> Running {
     let mut holder = Running::start(command, false);
     holder.ready_pid();
     holder
-}
-
-impl Running {
-    /// [`Running::wait`] for runs that should end by themselves, returning (code, stderr).
-    fn wait_owned(mut self) -> (i32, String) {
-        let code = self.wait(EXIT);
-        (code, self.stderr())
-    }
 }
 
 #[test]
@@ -988,15 +758,15 @@ fn non_blocking_and_timeout_do_not_run_the_command() {
     );
     // Only the holder's session is left.
     assert_eq!(
-        sessions_of(&consul, &key).len(),
+        consul.sessions_of(&key).len(),
         1,
         "{:?}",
-        sessions_of(&consul, &key)
+        consul.sessions_of(&key)
     );
 
     holder.signal(Signal::SIGTERM);
     assert_eq!(holder.wait(EXIT), 143, "stderr: {}", holder.stderr());
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 #[test]
@@ -1043,7 +813,7 @@ fn a_kill_grace_that_breaks_the_safety_rule_is_refused() {
             requests_before,
             "{options:?}"
         );
-        assert_nothing_left(&consul, &key);
+        consul.assert_nothing_left(&key);
     }
 }
 
@@ -1088,7 +858,7 @@ fn twenty_contenders_run_one_at_a_time() {
             pair[1]
         );
     }
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }
 
 #[test]
@@ -1103,7 +873,7 @@ fn a_stop_signal_while_waiting_ends_the_wait_and_leaves_nothing() {
         );
         wait_until(HANDSHAKE, "the waiter's session", || {
             waiter.assert_running("while it should wait");
-            sessions_of(&consul, &key).len() == 2
+            consul.sessions_of(&key).len() == 2
         });
         // USR1 has no child to go to yet: it must not end the wait.
         waiter.signal(Signal::SIGUSR1);
@@ -1111,30 +881,14 @@ fn a_stop_signal_while_waiting_ends_the_wait_and_leaves_nothing() {
         assert_eq!(waiter.wait(EXIT), code, "{signal}: {}", waiter.stderr());
         assert_eq!(waiter.stdout(), "", "{signal}");
         assert_eq!(
-            sessions_of(&consul, &key).len(),
+            consul.sessions_of(&key).len(),
             1,
             "{signal}: the waiter's session is left"
         );
     }
     holder.signal(Signal::SIGTERM);
     assert_eq!(holder.wait(EXIT), 143, "stderr: {}", holder.stderr());
-    assert_nothing_left(&consul, &key);
-}
-
-/// The children of `pid` (from /proc), with their state letters.
-fn children_of(pid: i32) -> Vec<(i32, String)> {
-    let entries = std::fs::read_dir("/proc").expect("procfs");
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            let mut fields = stat.rsplit_once(") ")?.1.split_whitespace();
-            let state = fields.next()?.to_string();
-            let ppid: i32 = fields.next()?.parse().ok()?;
-            (ppid == pid).then_some((p, state))
-        })
-        .collect()
+    consul.assert_nothing_left(&key);
 }
 
 #[test]
@@ -1186,5 +940,5 @@ fn as_subreaper_it_reaps_orphaned_grandchildren() {
     );
     running.signal(Signal::SIGTERM);
     assert_eq!(running.wait(EXIT), 143, "stderr: {}", running.stderr());
-    assert_nothing_left(&consul, &key);
+    consul.assert_nothing_left(&key);
 }

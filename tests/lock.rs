@@ -1,22 +1,14 @@
 //! `consullock lock` and `unlock` against a Consul (the dev server unless
 //! `CONSULLOCK_TEST_CONSUL_ADDR` names another).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::Value;
 
+use crate::support::process::{EXIT, Running, code, run};
 use crate::support::{TestConsul, wait_until};
-
-fn run(mut command: Command) -> Output {
-    command
-        .stdin(Stdio::null())
-        .output()
-        .expect("run consullock")
-}
 
 fn stdout_json(output: &Output) -> Value {
     let text = String::from_utf8_lossy(&output.stdout);
@@ -36,16 +28,6 @@ fn unlock(consul: &TestConsul, args: &[&str]) -> Output {
     run(command)
 }
 
-/// The key's entry over raw HTTP, `None` when absent.
-fn entry(consul: &TestConsul, key: &str) -> Option<Value> {
-    let response = consul.get(&format!("/v1/kv/{key}"));
-    match response.status {
-        404 => None,
-        200 => Some(response.json()[0].clone()),
-        other => panic!("GET {key}: {other} {}", response.text()),
-    }
-}
-
 fn value_json(entry: &Value) -> Value {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(entry["Value"].as_str().expect("a value"))
@@ -53,65 +35,13 @@ fn value_json(entry: &Value) -> Value {
     serde_json::from_slice(&bytes).expect("lock JSON")
 }
 
-fn sessions_named(consul: &TestConsul, fragment: &str) -> Vec<Value> {
-    consul
-        .sessions()
-        .into_iter()
-        .filter(|s| s["Name"].as_str().is_some_and(|n| n.contains(fragment)))
-        .collect()
-}
-
-fn code(output: &Output) -> i32 {
-    output.status.code().unwrap_or(-1)
-}
-
-/// A `lock` waiting in the background, with its stderr (at -vv) read line by line.
-struct Waiter {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Waiter {
-    fn start(consul: &TestConsul, key: &str, extra: &[&str]) -> Waiter {
-        let mut child = consul
-            .command()
-            .args(["-vv", "lock"])
-            .args(extra)
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lock");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Waiter { child, lines }
-    }
-
-    /// Waits for the log line that says the lock is held and the waiter blocks on the key.
-    fn wait_until_blocked(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains("waiting for a change") => return,
-                Ok(_) => {}
-                Err(_) => panic!("the waiter never said it was waiting for the lock"),
-            }
-        }
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `lock` waiting in the background at `-vv`, once it says it blocks on the key.
+fn waiter(consul: &TestConsul, key: &str, extra: &[&str]) -> Running {
+    let mut command = consul.command();
+    command.args(["-vv", "lock"]).args(extra).arg(key);
+    let mut waiter = Running::start(command, false);
+    waiter.wait_stderr("waiting for a change");
+    waiter
 }
 
 #[test]
@@ -138,7 +68,7 @@ fn lock_when_unlocked_prints_the_lock_json_and_stores_it() {
         "{created}"
     );
 
-    let stored = entry(&consul, &key).expect("the key exists");
+    let stored = consul.key_entry(&key).expect("the key exists");
     assert_eq!(
         stored["Session"], printed["session"],
         "held by the printed session"
@@ -157,11 +87,11 @@ fn lock_when_unlocked_prints_the_lock_json_and_stores_it() {
     let output = unlock(&consul, &[&key]);
     assert_eq!(stdout_json(&output), Value::String(key.clone()));
     assert_eq!(
-        entry(&consul, &key),
+        consul.key_entry(&key),
         None,
         "behavior delete removes the key"
     );
-    assert!(sessions_named(&consul, &key).is_empty(), "no session left");
+    assert!(consul.sessions_of(&key).is_empty(), "no session left");
 }
 
 #[test]
@@ -176,7 +106,7 @@ fn metadata_that_is_not_json_is_refused_as_by_consullock_4_2() {
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert_eq!(entry(&consul, &key), None, "nothing was locked");
+    assert_eq!(consul.key_entry(&key), None, "nothing was locked");
     // A JSON string is metadata like any other JSON value.
     let output = lock(&consul, &["--metadata", r#""not an object""#, &key]);
     assert_eq!(stdout_json(&output)["metadata"], "not an object");
@@ -190,8 +120,7 @@ fn blocking_lock_is_woken_by_the_release_without_polling() {
     let key = consul.unique_key("blocking");
     assert_eq!(code(&lock(&consul, &[&key])), 0);
 
-    let mut waiter = Waiter::start(&consul, &key, &[]);
-    waiter.wait_until_blocked();
+    let waiter = waiter(&consul, &key, &[]);
     let before = consul.dev_stats().unwrap()["requests"].as_u64().unwrap();
     // Let time pass while the lock is held: a polling client would show up in the count.
     std::thread::sleep(Duration::from_secs(3));
@@ -201,21 +130,14 @@ fn blocking_lock_is_woken_by_the_release_without_polling() {
         "the waiter sent {during} requests in 3 s while blocked"
     );
 
-    let (tx, rx) = mpsc::channel();
-    let stdout = waiter.child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send((Instant::now(), line));
-    });
+    let mut waiter = waiter;
     assert_eq!(
         stdout_json(&unlock(&consul, &[&key])),
         Value::String(key.clone())
     );
     let released_at = Instant::now();
-    let (acquired_at, line) = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the waiter got the lock");
+    let acquired_at = waiter.first_stdout_line_at();
+    let line = waiter.stdout();
     let handoff = acquired_at.saturating_duration_since(released_at);
     let printed: Value = serde_json::from_str(line.trim()).expect("lock JSON");
     assert_eq!(printed["key"], key.as_str());
@@ -226,7 +148,7 @@ fn blocking_lock_is_woken_by_the_release_without_polling() {
         handoff < Duration::from_millis(50),
         "hand-over took {handoff:?}"
     );
-    assert_eq!(waiter.child.wait().unwrap().code(), Some(0));
+    assert_eq!(waiter.wait(EXIT), 0);
     unlock(&consul, &[&key]);
 }
 
@@ -261,9 +183,9 @@ fn non_blocking_and_timeout_on_a_held_lock() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("timed out"));
 
     // Only the holder's session remains: the failed attempts destroyed theirs.
-    assert_eq!(sessions_named(&consul, &key).len(), 1);
+    assert_eq!(consul.sessions_of(&key).len(), 1);
     unlock(&consul, &[&key]);
-    assert!(sessions_named(&consul, &key).is_empty());
+    assert!(consul.sessions_of(&key).is_empty());
 }
 
 #[test]
@@ -273,7 +195,7 @@ fn a_lock_with_a_short_ttl_is_free_again_after_its_ttl() {
     let taken = Instant::now();
     assert_eq!(code(&lock(&consul, &["--session-ttl", "10", &key])), 0);
     wait_until(Duration::from_secs(40), "the session to expire", || {
-        entry(&consul, &key).is_none()
+        consul.key_entry(&key).is_none()
     });
     let expired_after = taken.elapsed();
     assert!(
@@ -315,11 +237,8 @@ fn invalid_ttl_lock_delay_and_keys_are_refused() {
         );
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     }
-    assert!(
-        sessions_named(&consul, &key).is_empty(),
-        "nothing was created"
-    );
-    assert_eq!(entry(&consul, &key), None);
+    assert!(consul.sessions_of(&key).is_empty(), "nothing was created");
+    assert_eq!(consul.key_entry(&key), None);
 }
 
 #[test]
@@ -382,13 +301,13 @@ fn unlock_regex_releases_matching_locks_and_leaves_others() {
     let pattern = format!("{}/[ab]", regex::escape(&base));
     let output = unlock(&consul, &["-r", &pattern]);
     assert_eq!(stdout_json(&output), serde_json::json!([keys[0], keys[1]]));
-    assert_eq!(entry(&consul, &keys[0]), None);
-    assert_eq!(entry(&consul, &keys[1]), None);
+    assert_eq!(consul.key_entry(&keys[0]), None);
+    assert_eq!(consul.key_entry(&keys[1]), None);
     assert!(
-        entry(&consul, &keys[2]).unwrap()["Session"].is_string(),
+        consul.key_entry(&keys[2]).unwrap()["Session"].is_string(),
         "other lock still held"
     );
-    assert!(entry(&consul, &format!("{base}/plain")).is_some());
+    assert!(consul.key_entry(&format!("{base}/plain")).is_some());
 
     let output = unlock(&consul, &["-r", &format!("{}/.*", regex::escape(&base))]);
     assert_eq!(stdout_json(&output), serde_json::json!([keys[2]]));
@@ -467,7 +386,7 @@ fn a_lock_written_by_consullock_4_2_is_found_and_released() {
     );
     let output = unlock(&consul, &[&key]);
     assert_eq!(stdout_json(&output), Value::String(key.clone()));
-    assert_eq!(entry(&consul, &key), None);
+    assert_eq!(consul.key_entry(&key), None);
     let info = consul.get(&format!("/v1/session/info/{session}")).json();
     assert_eq!(info, serde_json::json!([]), "its session was destroyed");
 }
@@ -481,21 +400,19 @@ fn sigterm_during_a_blocking_wait_exits_promptly_and_leaves_no_session() {
         (nix::sys::signal::Signal::SIGTERM, 143),
         (nix::sys::signal::Signal::SIGINT, 130),
     ] {
-        let mut waiter = Waiter::start(&consul, &key, &[]);
-        waiter.wait_until_blocked();
-        assert_eq!(sessions_named(&consul, &key).len(), 2, "holder and waiter");
-        let pid = nix::unistd::Pid::from_raw(waiter.child.id() as i32);
-        nix::sys::signal::kill(pid, signal).unwrap();
+        let mut waiter = waiter(&consul, &key, &[]);
+        assert_eq!(consul.sessions_of(&key).len(), 2, "holder and waiter");
+        waiter.signal(signal);
         let sent = Instant::now();
-        let status = waiter.child.wait().unwrap();
+        let status = waiter.wait(EXIT);
         let took = sent.elapsed();
-        assert_eq!(status.code(), Some(expected), "{signal}");
+        assert_eq!(status, expected, "{signal}");
         crate::support::report(&format!(
             "sigterm_during_wait: {signal} ended the wait in {took:?}"
         ));
         assert!(took < Duration::from_secs(1), "{signal} took {took:?}");
         assert_eq!(
-            sessions_named(&consul, &key).len(),
+            consul.sessions_of(&key).len(),
             1,
             "the waiter's session is gone"
         );
@@ -508,7 +425,7 @@ fn a_waiting_lock_shows_its_holder_on_a_terminal_only() {
     let consul = TestConsul::start();
     let key = consul.unique_key("holderline");
     assert_eq!(code(&lock(&consul, &["--metadata", r#""m""#, &key])), 0);
-    let holder_pid = value_json(&entry(&consul, &key).unwrap())["pid"].clone();
+    let holder_pid = value_json(&consul.key_entry(&key).unwrap())["pid"].clone();
 
     // Not a terminal: nothing but the one-line error.
     let output = lock(&consul, &["--timeout", "0.5", &key]);
@@ -571,7 +488,7 @@ fn a_free_key_under_lock_delay_is_retried_until_the_delay_ends() {
     // Invalidating the session deletes the key and puts a 2 s lock-delay on it.
     consul.put(&format!("/v1/session/destroy/{session}"), b"");
     let invalidated = Instant::now();
-    assert_eq!(entry(&consul, &key), None);
+    assert_eq!(consul.key_entry(&key), None);
 
     let output = lock(&consul, &["--timeout", "10", "-i", "0.2", &key]);
     let waited = invalidated.elapsed();

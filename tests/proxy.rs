@@ -2,22 +2,19 @@
 //! so that each mode is known to do what its name says; then through consullock, which must
 //! ride out what is brief and stop its command when contact is lost for longer than the window.
 
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::http::{self, Response};
+use crate::support::process::{EXIT, Running};
 use crate::support::proxy::{Mode, Proxy, Stats};
 use crate::support::{TestConsul, wait_until};
-
 /// Timeout of a raw request that should be answered.
 const ANSWER: Duration = Duration::from_secs(10);
 /// Longest wait for a handshake (a lock held, a log line, a reconnection).
 const HANDSHAKE: Duration = Duration::from_secs(20);
-/// How long a run that should end by itself may take.
-const EXIT: Duration = Duration::from_secs(30);
 /// Session settings whose contact window is 3 s: lock-delay 5 s (a node check may invalidate
 /// the session at any time) − 1 s kill grace − 1 s margin.
 const SHORT_WINDOW: [&str; 6] = [
@@ -50,94 +47,6 @@ fn through(consul: &TestConsul, proxy: &Proxy) -> Command {
     let mut command = consul.command();
     command.env("CONSUL_HTTP_ADDR", format!("http://{}", proxy.addr()));
     command
-}
-
-/// A consullock run whose stderr lines arrive on a channel (and are kept for the end).
-struct Watched {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Watched {
-    fn start(mut command: Command) -> Watched {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn consullock");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Watched {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a stderr line containing `text`.
-    fn wait_for_line(&mut self, text: &str) {
-        let deadline = Instant::now() + HANDSHAKE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(text);
-                    self.seen.push(line);
-                    if found {
-                        return;
-                    }
-                }
-                Err(_) => panic!("no line with {text:?} on stderr: {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// Waits for the exit; returns the output with the whole stderr.
-    fn finish(mut self) -> (Output, String) {
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if started.elapsed() > EXIT {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("consullock did not exit within {EXIT:?}: {:#?}", self.seen);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stdout = Vec::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            let _ = io::Read::read_to_end(&mut out, &mut stdout);
-        }
-        // The reader thread ends with the pipe; take what it has.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        let stderr = self.seen.join("\n");
-        (
-            Output {
-                status,
-                stdout,
-                stderr: stderr.clone().into_bytes(),
-            },
-            stderr,
-        )
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A blocking query on `key` through the proxy, in a thread; returns once the proxy forwarded
@@ -297,19 +206,22 @@ fn a_waiting_lock_survives_cut_connections() {
     let acquired = consul.put(&format!("/v1/kv/{key}?acquire={holder}"), value.as_bytes());
     assert_eq!(acquired.text(), "true");
 
-    let mut waiter = Watched::start({
-        let mut c = through(&consul, &proxy);
-        c.args(["-vv", "lock", "--session-ttl", "10", &key]);
-        c
-    });
-    waiter.wait_for_line("waiting for a change");
+    let mut waiter = Running::start(
+        {
+            let mut c = through(&consul, &proxy);
+            c.args(["-vv", "lock", "--session-ttl", "10", &key]);
+            c
+        },
+        false,
+    );
+    waiter.wait_stderr("waiting for a change");
     wait_until(HANDSHAKE, "the waiter's blocking query", || {
         proxy.stats().in_flight >= 1
     });
     for _ in 0..2 {
         let accepted = proxy.stats().accepted;
         assert!(proxy.cut_all() >= 1);
-        waiter.wait_for_line("consul error while waiting for the lock, retrying");
+        waiter.wait_stderr("consul error while waiting for the lock, retrying");
         wait_until(HANDSHAKE, "the waiter to reconnect and block again", || {
             let stats = proxy.stats();
             stats.accepted > accepted && stats.in_flight >= 1
@@ -319,9 +231,11 @@ fn a_waiting_lock_survives_cut_connections() {
 
     let released = consul.put(&format!("/v1/kv/{key}?release={holder}"), value.as_bytes());
     assert_eq!(released.text(), "true");
-    let (output, stderr) = waiter.finish();
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
-    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("lock JSON");
+    let code = waiter.wait(EXIT);
+    let stderr = waiter.stderr();
+    assert_eq!(code, 0, "{stderr}");
+    let printed: serde_json::Value =
+        serde_json::from_str(waiter.stdout().trim()).expect("lock JSON");
     let session = printed["session"].as_str().expect("session").to_string();
     assert_eq!(consul.holder(&key), Some(session));
 }
@@ -336,15 +250,18 @@ fn execute_through_a_slow_proxy_runs_and_releases() {
     let latency = Duration::from_millis(250);
     proxy.set_mode(Mode::Latency(latency));
     let started = Instant::now();
-    let run = Watched::start({
-        let mut c = through(&consul, &proxy);
-        c.args(["execute"])
-            .args(SHORT_WINDOW)
-            .args([key.as_str(), "--", "sh", "-c", "exit 3"]);
-        c
-    });
-    let (output, stderr) = run.finish();
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    let run = Running::start(
+        {
+            let mut c = through(&consul, &proxy);
+            c.args(["execute"])
+                .args(SHORT_WINDOW)
+                .args([key.as_str(), "--", "sh", "-c", "exit 3"]);
+            c
+        },
+        false,
+    );
+    let (code, stderr) = run.wait_owned();
+    assert_eq!(code, 3, "{stderr}");
     // Session create, acquire, release and destroy are one after the other, each at least one
     // chunk each way: the latency was there.
     assert!(started.elapsed() >= 8 * latency, "{:?}", started.elapsed());
@@ -368,19 +285,22 @@ fn execute_stops_the_command_when_the_proxy_resets_or_refuses_past_the_window() 
         let consul = TestConsul::start_dev_server(&[]);
         let proxy = Proxy::start(&consul.addr());
         let key = consul.unique_key("lost");
-        let run = Watched::start({
-            let mut c = through(&consul, &proxy);
-            c.args(["execute"])
-                .args(SHORT_WINDOW)
-                .args([key.as_str(), "--", "sleep", "60"]);
-            c
-        });
+        let run = Running::start(
+            {
+                let mut c = through(&consul, &proxy);
+                c.args(["execute"])
+                    .args(SHORT_WINDOW)
+                    .args([key.as_str(), "--", "sleep", "60"]);
+                c
+            },
+            false,
+        );
         wait_held(&consul, &proxy, &key);
         let before = proxy.stats();
         let faulted = Instant::now();
         proxy.set_mode(mode);
-        let (output, stderr) = run.finish();
-        assert_eq!(output.status.code(), Some(101), "{mode:?}: {stderr}");
+        let (code, stderr) = run.wait_owned();
+        assert_eq!(code, 101, "{mode:?}: {stderr}");
         assert!(stderr.contains("lock lost"), "{mode:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{mode:?}: {stderr}");
         // Window 3 s, grace 1 s: well before the 15 s after which another could hold the lock.
@@ -411,19 +331,22 @@ fn execute_rides_out_brief_resets_and_refusals() {
         key.rsplit('/').next().unwrap()
     ));
     let _ = std::fs::remove_file(&done);
-    let run = Watched::start({
-        let mut c = through(&consul, &proxy);
-        c.args(["-vv", "execute"]).args(LONG_WINDOW).args([
-            key.as_str(),
-            "--",
-            "sh",
-            "-c",
-            r#"while [ ! -e "$1" ]; do sleep 0.05; done; exit 7"#,
-            "sh",
-            done.to_str().unwrap(),
-        ]);
-        c
-    });
+    let run = Running::start(
+        {
+            let mut c = through(&consul, &proxy);
+            c.args(["-vv", "execute"]).args(LONG_WINDOW).args([
+                key.as_str(),
+                "--",
+                "sh",
+                "-c",
+                r#"while [ ! -e "$1" ]; do sleep 0.05; done; exit 7"#,
+                "sh",
+                done.to_str().unwrap(),
+            ]);
+            c
+        },
+        false,
+    );
     wait_held(&consul, &proxy, &key);
     let mut hits = Stats::default();
     for mode in [Mode::Reset, Mode::Refuse] {
@@ -441,9 +364,9 @@ fn execute_rides_out_brief_resets_and_refusals() {
     }
     assert!(hits.reset >= 1 && hits.closed >= 1, "{hits:?}");
     std::fs::write(&done, b"").unwrap();
-    let (output, stderr) = run.finish();
+    let (code, stderr) = run.wait_owned();
     let _ = std::fs::remove_file(&done);
-    assert_eq!(output.status.code(), Some(7), "{stderr}");
+    assert_eq!(code, 7, "{stderr}");
     assert!(!stderr.contains("lock lost"), "{stderr}");
     assert!(consul.sessions().is_empty(), "{:?}", consul.sessions());
     assert_eq!(consul.holder(&key), None);

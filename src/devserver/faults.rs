@@ -16,6 +16,8 @@
 //! | ACL outage | `acl_deny_ms` | 403 `Permission denied`, even with the right token |
 //! | slow server | `delay_ms` | the answer (error or not) delayed that many ms, until reset to 0 |
 //! | index reset | `index_backwards` | the next N successful reads carry `X-Consul-Index: 1` |
+//! | no blocking | `answer_at_once_ms` | blocking reads answer at once, as if `?index` were absent |
+//! | late answers | `answer_delay_ms` | the request is carried out at once, its answer sent that many ms later, until reset to 0 |
 //!
 //! `path_prefix` narrows the delay and the period faults to requests whose path starts with it (e.g.
 //! `/v1/session/renew/` for renewals failing while reads succeed); empty means every path.
@@ -54,6 +56,8 @@ pub(crate) struct Request {
     acl_deny_ms: Option<u64>,
     delay_ms: Option<u64>,
     index_backwards: Option<u64>,
+    answer_at_once_ms: Option<u64>,
+    answer_delay_ms: Option<u64>,
     path_prefix: Option<String>,
 }
 
@@ -66,6 +70,8 @@ struct Active {
     acl_denied_until: Option<Instant>,
     delay: Duration,
     index_backwards: u64,
+    answer_at_once_until: Option<Instant>,
+    answer_delay: Duration,
 }
 
 /// How many answers each fault changed.
@@ -76,6 +82,7 @@ struct Injected {
     acl_denied: AtomicU64,
     delayed: AtomicU64,
     index_backwards: AtomicU64,
+    answered_at_once: AtomicU64,
 }
 
 /// The fault switchboard of one dev server.
@@ -93,6 +100,8 @@ pub(crate) struct Report {
     acl_deny_ms: u64,
     delay_ms: u64,
     index_backwards: u64,
+    answer_at_once_ms: u64,
+    answer_delay_ms: u64,
     path_prefix: String,
     injected: InjectedReport,
 }
@@ -104,6 +113,7 @@ struct InjectedReport {
     acl_denied: u64,
     delayed: u64,
     index_backwards: u64,
+    answered_at_once: u64,
 }
 
 fn remaining(until: Option<Instant>, now: Instant) -> u64 {
@@ -141,6 +151,12 @@ impl Faults {
         if let Some(n) = request.index_backwards {
             active.index_backwards = n;
         }
+        if let Some(ms) = request.answer_at_once_ms {
+            active.answer_at_once_until = period(ms, now);
+        }
+        if let Some(ms) = request.answer_delay_ms {
+            active.answer_delay = Duration::from_millis(ms);
+        }
         if let Some(prefix) = &request.path_prefix {
             active.path_prefix = prefix.clone();
         }
@@ -166,6 +182,8 @@ impl Faults {
             acl_deny_ms: remaining(active.acl_denied_until, now),
             delay_ms: active.delay.as_millis() as u64,
             index_backwards: active.index_backwards,
+            answer_at_once_ms: remaining(active.answer_at_once_until, now),
+            answer_delay_ms: active.answer_delay.as_millis() as u64,
             path_prefix: active.path_prefix.clone(),
             injected: InjectedReport {
                 no_leader: count(&self.injected.no_leader),
@@ -173,6 +191,7 @@ impl Faults {
                 acl_denied: count(&self.injected.acl_denied),
                 delayed: count(&self.injected.delayed),
                 index_backwards: count(&self.injected.index_backwards),
+                answered_at_once: count(&self.injected.answered_at_once),
             },
         }
     }
@@ -213,6 +232,27 @@ impl Faults {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Some((status, text))
+    }
+
+    /// How long to hold back the answer of a request already carried out, if at all.
+    pub(crate) fn answer_delay(&self) -> Option<Duration> {
+        let delay = self.active().answer_delay;
+        if delay.is_zero() {
+            return None;
+        }
+        self.injected.delayed.fetch_add(1, Ordering::Relaxed);
+        Some(delay)
+    }
+
+    /// Whether a blocking read at `now` must answer at once instead of blocking.
+    pub(crate) fn answer_at_once(&self, now: Instant) -> bool {
+        let at_once = active_at(self.active().answer_at_once_until, now);
+        if at_once {
+            self.injected
+                .answered_at_once
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        at_once
     }
 
     /// Whether this successful read's index must go backwards (uses up one of the N).

@@ -400,7 +400,12 @@ pub(crate) async fn blocking<T>(
         result
     };
     let mut min_index = options.index;
-    if min_index == 0 {
+    // A test fault: a server (or proxy) that answers blocking reads at once.
+    let no_blocking = shared
+        .faults
+        .as_ref()
+        .is_some_and(|f| f.answer_at_once(std::time::Instant::now()));
+    if min_index == 0 || no_blocking {
         let result = run();
         return (result.value, result.index);
     }
@@ -529,6 +534,12 @@ pub(crate) async fn handle(
     if !path.starts_with("/_devserver/") {
         shared.requests.fetch_add(1, Ordering::Relaxed);
     }
+    // Taken now: `path` moves into the answer, and the delay comes after it.
+    let answer_delay = shared
+        .faults
+        .as_ref()
+        .filter(|f| f.applies_to(&path))
+        .and_then(faults::Faults::answer_delay);
     let mut response = if let Some(refused) = check_path(&parts.method, &path, parts.uri.query()) {
         refused
     } else {
@@ -547,6 +558,11 @@ pub(crate) async fn handle(
             }
         }
     };
+    if let Some(delay) = answer_delay {
+        // The request is done (a session created, a key written); only its answer is late, as
+        // from a server whose answer is stuck on the network.
+        tokio::time::sleep(delay).await;
+    }
     if let Some(faults) = &shared.faults
         && response.status().is_success()
         && response.headers().contains_key("x-consul-index")

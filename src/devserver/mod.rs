@@ -16,7 +16,7 @@
 //! wakes blocking queries when what they watch changes, `state` is the store (pure, clock passed
 //! in) and `duration` reproduces Go durations. This module holds the settings and the state
 //! every connection shares, the TTL and tombstone timer task, and the two ways to run a server
-//! ([`run`] until a signal, [`DevServer`] in-process). `faults` holds the test-only HTTP faults
+//! ([`serve`] until its shutdown future completes, [`DevServer`] in-process). `faults` holds the test-only HTTP faults
 //! (hidden `--test-faults` option, control endpoint `/_devserver/faults`).
 
 mod duration;

@@ -240,6 +240,39 @@ impl TestConsul {
         assert_eq!(response.status, 200, "destroy {id}: {}", response.text());
     }
 
+    /// The key's entry over raw HTTP, or None when it does not exist.
+    pub(crate) fn key_entry(&self, key: &str) -> Option<serde_json::Value> {
+        let response = self.get(&format!("/v1/kv/{key}"));
+        match response.status {
+            404 => None,
+            200 => Some(response.json()[0].clone()),
+            other => panic!("GET /v1/kv/{key}: {other} {}", response.text()),
+        }
+    }
+
+    /// The sessions whose name mentions `fragment` (consullock names its sessions after their
+    /// key, host and pid).
+    pub(crate) fn sessions_of(&self, fragment: &str) -> Vec<serde_json::Value> {
+        self.sessions()
+            .into_iter()
+            .filter(|s| {
+                s["Name"]
+                    .as_str()
+                    .is_some_and(|name| name.contains(fragment))
+            })
+            .collect()
+    }
+
+    /// No session and no key of ours is left behind for `key`.
+    pub(crate) fn assert_nothing_left(&self, key: &str) {
+        let sessions = self.sessions_of(key);
+        assert!(
+            sessions.is_empty(),
+            "sessions left behind for {key}: {sessions:?}"
+        );
+        assert_eq!(self.key_entry(key), None, "key {key} left behind");
+    }
+
     /// The session holding `key`, if any.
     pub(crate) fn holder(&self, key: &str) -> Option<String> {
         let response = self.get(&format!("/v1/kv/{key}"));

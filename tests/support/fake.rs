@@ -4,8 +4,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long the fake waits for a request's head before answering anyway.
@@ -15,27 +15,48 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct FakeServer {
     addr: String,
     stop: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<String>>>,
 }
+
+/// Chooses the answer from the request line (`PUT /v1/session/create HTTP/1.1`).
+type Route = dyn Fn(&str) -> Vec<u8> + Send + Sync;
 
 impl FakeServer {
     /// Answers each connection with `answer` and closes it.
     pub(crate) fn start(answer: Vec<u8>) -> FakeServer {
+        FakeServer::routed(move |_| answer.clone())
+    }
+
+    /// Answers each connection with what `route` says for its request line, and closes it.
+    pub(crate) fn routed(route: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake server");
         let addr = listener.local_addr().unwrap().to_string();
         let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let thread_stop = stop.clone();
-        let answer = Arc::new(answer);
+        let thread_requests = requests.clone();
+        let route: Arc<Route> = Arc::new(route);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if thread_stop.load(Ordering::Relaxed) {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
-                let answer = answer.clone();
-                std::thread::spawn(move || serve(stream, &answer));
+                let route = route.clone();
+                let requests = thread_requests.clone();
+                std::thread::spawn(move || serve(stream, &*route, &requests));
             }
         });
-        FakeServer { addr, stop }
+        FakeServer {
+            addr,
+            stop,
+            requests,
+        }
+    }
+
+    /// The request lines received so far, in order.
+    pub(crate) fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
     }
 
     /// An HTTP/1.1 answer with a status line, headers and body (Content-Length added).
@@ -60,7 +81,7 @@ impl FakeServer {
     }
 }
 
-fn serve(mut stream: TcpStream, answer: &[u8]) {
+fn serve(mut stream: TcpStream, route: &Route, requests: &Mutex<Vec<String>>) {
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     // Read the request head (the body, if any, is not needed to answer nonsense).
     let mut seen = Vec::new();
@@ -71,7 +92,12 @@ fn serve(mut stream: TcpStream, answer: &[u8]) {
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
-    let _ = stream.write_all(answer);
+    let head = String::from_utf8_lossy(&seen);
+    let line = head.lines().next().unwrap_or("").to_string();
+    if !line.is_empty() {
+        requests.lock().unwrap().push(line.clone());
+    }
+    let _ = stream.write_all(&route(&line));
     let _ = stream.flush();
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }

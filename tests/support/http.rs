@@ -115,9 +115,23 @@ pub(crate) fn try_request(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
+    // A server may answer (a 413 on Content-Length, say) and close before taking the whole
+    // body: the answer is then waiting to be read even though the rest cannot be written.
+    let closed_early = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        )
+    };
+    match stream.write_all(body) {
+        Err(e) if !closed_early(&e) => return Err(e),
+        _ => {}
+    }
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    match stream.read_to_end(&mut raw) {
+        Err(e) if !(closed_early(&e) && !raw.is_empty()) => return Err(e),
+        _ => {}
+    }
     parse(&raw)
 }
 

@@ -6,6 +6,7 @@
 pub(crate) mod consul;
 pub(crate) mod fake;
 pub(crate) mod http;
+pub(crate) mod process;
 pub(crate) mod proxy;
 
 pub(crate) use consul::{TestConsul, wait_until};
