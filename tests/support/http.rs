@@ -129,7 +129,7 @@ pub(crate) fn try_request(
     }
     let mut raw = Vec::new();
     match stream.read_to_end(&mut raw) {
-        Err(e) if !(closed_early(&e) && !raw.is_empty()) => return Err(e),
+        Err(e) if !closed_early(&e) || raw.is_empty() => return Err(e),
         _ => {}
     }
     parse(&raw)
