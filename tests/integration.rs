@@ -9,6 +9,7 @@ mod docs;
 mod errors;
 mod execute;
 mod faults;
+mod go_recipe;
 mod hostile;
 mod library;
 mod lock;

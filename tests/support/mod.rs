@@ -5,6 +5,7 @@
 
 pub(crate) mod consul;
 pub(crate) mod fake;
+pub(crate) mod go_recipe;
 pub(crate) mod http;
 pub(crate) mod process;
 pub(crate) mod proxy;
