@@ -35,6 +35,9 @@ pub struct ExecuteSettings {
     pub acquire: AcquireOptions,
     /// Time between SIGTERM and SIGKILL when the command must stop.
     pub kill_grace: Duration,
+    /// Run the command in a PID namespace of its own through this init program (see
+    /// [`supervisor::contain`]).
+    pub contain: Option<std::path::PathBuf>,
 }
 
 impl ExecuteSettings {
@@ -92,6 +95,7 @@ pub async fn execute_locked(
     let options = SupervisorOptions {
         kill_grace: settings.kill_grace,
         env: child_environment(&held),
+        contain: settings.contain.clone(),
     };
     let supervised = supervisor::supervise(command, &options, signals, &deadline).await;
     let fencing_token = held.fencing_token();

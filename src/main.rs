@@ -7,7 +7,10 @@ belong to this binary; the library never sees them.
 mod cli;
 
 fn main() -> std::process::ExitCode {
-    let code = cli::run(std::env::args_os().collect());
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // First, while the process has a single thread: `execute --contain` starts this program
+    // again as the init of the command's PID namespace, and that init forks at once.
+    let code = cli::contain_init(&args).unwrap_or_else(|| cli::run(args));
     // The last lines (the error that explains the code) must be seen whenever stderr is read
     // at all; a stderr nobody reads delays the exit by at most this.
     cli::log::flush(cli::log::EXIT_FLUSH_TIMEOUT);

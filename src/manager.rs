@@ -157,6 +157,7 @@ impl LockManager {
                 ..options
             },
             kill_grace: self.kill_grace,
+            contain: None,
         };
         let (_sender, mut signals) = Signals::manual();
         execute_locked(&self.client, key, &settings, command, &mut signals).await

@@ -505,3 +505,83 @@ fn a_refusal_by_lock_delay_says_lock_delay() {
     assert!(stderr.contains("lock-delay"), "{stderr}");
     assert!(!stderr.contains("held by another"), "{stderr}");
 }
+
+/// Host pids of the processes whose command line is exactly `argv` (`/proc/PID/cmdline`).
+fn processes_running(argv: &[&str]) -> Vec<i32> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .expect("procfs")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .filter(|pid| process_running(*pid))
+        .collect()
+}
+
+/// `--contain` puts the command in a PID namespace of its own: a `setsid` escapee that ignores
+/// TERM is stopped when the command exits, and dies with the namespace when consullock itself is
+/// SIGKILLed.
+#[test]
+fn contained_commands_leave_nothing_behind_even_when_consullock_is_killed() {
+    if !Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        crate::support::skip(
+            "contained_commands_leave_nothing_behind",
+            "PID namespaces are not available here (needs CAP_SYS_ADMIN)",
+        );
+        return;
+    }
+    let consul = TestConsul::start();
+    let key = consul.unique_key("contain");
+    let scratch = Scratch::new("contain");
+    let marker = ["sleep", "300.123"];
+    let ready = scratch.path("escaped");
+    let escape = format!(
+        r#"setsid sh -c 'trap "" TERM; touch "{0}"; exec sleep 300.123' & while [ ! -e "{0}" ]; do sleep 0.01; done"#,
+        ready.display()
+    );
+
+    // The command exits; its escapee is stopped before the lock is released.
+    let output = run(execute(
+        &consul,
+        &[
+            "--contain",
+            "--kill-grace",
+            "1",
+            &key,
+            &format!("{escape}; exit 7"),
+        ],
+    ));
+    assert_eq!(code(&output), 7, "{output:?}");
+    assert!(
+        processes_running(&marker).is_empty(),
+        "the escapee survived"
+    );
+    consul.assert_nothing_left(&key);
+
+    // consullock is SIGKILLed while the escapee runs: the namespace dies with it.
+    let mut running = Running::start(
+        execute(
+            &consul,
+            &["--contain", &key, &format!("{escape}; exec sleep 300")],
+        ),
+        false,
+    );
+    wait_until(HANDSHAKE, "the escapee to run", || {
+        running.assert_running("before the escapee ran");
+        !processes_running(&marker).is_empty()
+    });
+    running.signal(Signal::SIGKILL);
+    wait_until(Duration::from_secs(5), "the escapee to die", || {
+        processes_running(&marker).is_empty()
+    });
+}

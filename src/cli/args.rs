@@ -196,8 +196,19 @@ pub(crate) struct ExecuteArgs {
     pub(crate) lock_lost_exit_code: u8,
 
     /// Become a child subreaper (when not PID 1), so orphaned grandchildren are reaped here.
+    ///
+    /// Descendants that leave the command's process group (daemons that setsid) are then still
+    /// seen: they are stopped too (TERM, grace, KILL) before the lock is released.
     #[arg(long)]
     pub(crate) subreaper: bool,
+
+    /// Run the command in a PID namespace of its own (needs CAP_SYS_ADMIN, e.g. root)
+    ///
+    /// Nothing the command starts can outlive it, whatever it does: when it exits, everything
+    /// left in its namespace is stopped (TERM, grace, KILL), and if consullock dies, the kernel
+    /// kills the whole namespace. The command does not get the terminal's foreground.
+    #[arg(long)]
+    pub(crate) contain: bool,
 
     /// The command: one string for `sh -c`, or `-- PROG ARGS...`
     ///

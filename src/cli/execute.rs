@@ -9,7 +9,7 @@ use consullock::Error;
 use consullock::execute::{ExecuteSettings, execute_locked};
 use consullock::key::validate_key;
 use consullock::session::{DEFAULT_LOCK_DELAY, DEFAULT_SESSION_TTL, forced_release_risk};
-use consullock::supervisor::{self, ChildCommand, Outcome, Signals, SpawnFailure};
+use consullock::supervisor::{self, ChildCommand, Outcome, Signals};
 
 use super::args::ExecuteArgs;
 use super::{acquire_options, client_from_env, exit, log, seconds, session_settings};
@@ -22,10 +22,22 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
     let acquire = acquire_options(&args.lock, true)?;
     let kill_grace = seconds("--kill-grace", args.kill_grace, MAX_KILL_GRACE)
         .map_err(Error::InvalidArguments)?;
+    let contain = if args.contain {
+        if !supervisor::contain::can_contain() {
+            return Err(Error::InvalidArguments(
+                "--contain needs the right to create a PID namespace (CAP_SYS_ADMIN, e.g. root)"
+                    .into(),
+            ));
+        }
+        Some(std::env::current_exe()?)
+    } else {
+        None
+    };
     let settings = ExecuteSettings {
         session,
         acquire,
         kill_grace,
+        contain,
     };
     settings.contact_window()?;
     if let Some(risk) = forced_release_risk(&settings.session, kill_grace) {
@@ -56,20 +68,16 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
         Err(error) => return Err(error),
     };
     let code = match &executed.outcome {
-        Outcome::Exited(code) => *code,
-        Outcome::Signaled(signal) => exit::from_signal(signal.as_raw()),
-        Outcome::SpawnFailed { failure, error } => {
+        Outcome::Exited(_) | Outcome::Signaled(_) => exit::of_outcome(&executed.outcome),
+        Outcome::SpawnFailed { error, .. } => {
             log::line(&format!("consullock: cannot run the command: {error}"));
-            match failure {
-                SpawnFailure::NotFound => exit::NOT_FOUND,
-                SpawnFailure::CannotExecute => exit::CANNOT_EXECUTE,
-            }
+            exit::of_outcome(&executed.outcome)
         }
         Outcome::NotStarted { signal } => {
             log::line(&format!(
                 "consullock: {signal} received before the command started: it was not started"
             ));
-            exit::from_signal(signal.as_raw())
+            exit::of_outcome(&executed.outcome)
         }
         Outcome::LockLost { .. } => {
             let reason = executed

@@ -8,6 +8,7 @@ N), as with flock(1), timeout(1) and shells; the codes below are what consullock
 
 use consullock::Error;
 use consullock::consul::ConsulError;
+use consullock::supervisor::{Outcome, SpawnFailure};
 
 /// Success.
 pub(crate) const SUCCESS: i32 = 0;
@@ -90,6 +91,21 @@ pub(crate) const TABLE: &[(i32, &str)] = &[
 /// The exit code for death by `signal`.
 pub(crate) fn from_signal(signal: i32) -> i32 {
     SIGNAL_BASE + signal
+}
+
+/// The exit code for how a command ended, as shells report it: its own code, 128+N for signal
+/// N, 127/126 when it could not be started. (A lost lock has its own, configurable code, which
+/// the caller decides.)
+pub(crate) fn of_outcome(outcome: &Outcome) -> i32 {
+    match outcome {
+        Outcome::Exited(code) => *code,
+        Outcome::Signaled(signal) | Outcome::NotStarted { signal } => from_signal(signal.as_raw()),
+        Outcome::SpawnFailed { failure, .. } => match failure {
+            SpawnFailure::NotFound => NOT_FOUND,
+            SpawnFailure::CannotExecute => CANNOT_EXECUTE,
+        },
+        Outcome::LockLost { .. } => LOCK_LOST,
+    }
 }
 
 /// The exit code for a library error: the one mapping from errors to codes.

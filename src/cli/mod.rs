@@ -23,6 +23,37 @@ use consullock::session::SessionSettings;
 
 use args::{Command, DevServerArgs, LockArgs, UnlockArgs};
 
+/// Serves as the relay and init of `execute --contain` when `args` asks for it (see
+/// `consullock::supervisor::contain`), before anything starts a thread; `None` otherwise.
+pub(crate) fn contain_init(args: &[OsString]) -> Option<i32> {
+    use consullock::supervisor::contain;
+    let (grace, command) = match contain::init_request(args)? {
+        Ok(request) => request,
+        Err(e) => {
+            log::line(&format!("consullock: {e}"));
+            return Some(exit::INVALID_ARGUMENTS);
+        }
+    };
+    let init = || {
+        let code = match contain::run_init(command, grace) {
+            Ok(outcome) => {
+                if let consullock::supervisor::Outcome::SpawnFailed { error, .. } = &outcome {
+                    log::line(&format!("consullock: cannot run the command: {error}"));
+                }
+                exit::of_outcome(&outcome)
+            }
+            Err(e) => report(&Error::Io(e)),
+        };
+        // The init ends with `exit`, not through `main`: its last lines are flushed here.
+        log::flush(log::EXIT_FLUSH_TIMEOUT);
+        code
+    };
+    Some(match contain::relay(init) {
+        Ok(code) => code,
+        Err(e) => report(&Error::Io(e)),
+    })
+}
+
 /// Runs the program with `args` (the program name first) and returns its exit code.
 pub(crate) fn run(args: Vec<OsString>) -> i32 {
     let raw_args = args.clone();

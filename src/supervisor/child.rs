@@ -51,8 +51,15 @@ pub(crate) fn build(command: &ChildCommand, env: &[(OsString, OsString)]) -> Com
 /// multi-thread runtime worker is not).
 ///
 /// `keeper_fd` (or -1 for none) is the keeper's pipe: the child writes its pid into it before
-/// exec (see `keeper.rs`).
-pub(crate) fn prepare(cmd: &mut Command, group: Group, take_terminal: bool, keeper_fd: i32) {
+/// exec (see `keeper.rs`). With `new_pid_namespace`, the child's own children start in a new
+/// PID namespace (see `contain.rs`).
+pub(crate) fn prepare(
+    cmd: &mut Command,
+    group: Group,
+    take_terminal: bool,
+    keeper_fd: i32,
+    new_pid_namespace: bool,
+) {
     if group == Group::Own {
         // std calls setpgid(0, 0) in the child before running the pre_exec closure below.
         cmd.process_group(0);
@@ -72,6 +79,12 @@ pub(crate) fn prepare(cmd: &mut Command, group: Group, take_terminal: bool, keep
         // Before the command runs anything: from here on, consullock dying takes the whole
         // group with it.
         super::keeper::report_pid(keeper_fd)?;
+        if new_pid_namespace {
+            // SAFETY: plain syscall with a flag argument.
+            if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         if take_terminal {
             // As tini's isolate_child: done in the child so it owns the terminal before it can
             // read it. We are a background group now; tcsetpgrp from a background group raises
@@ -97,7 +110,7 @@ pub(crate) fn prepare(cmd: &mut Command, group: Group, take_terminal: bool, keep
         Ok(())
     };
     // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid, getpid, write,
-    // sigprocmask, tcsetpgrp, getpgrp, sigaction) on values captured by move; it allocates nothing
+    // unshare, sigprocmask, tcsetpgrp, getpgrp, sigaction) on values captured by move; it allocates nothing
     // (`reset_to_default` was allocated in the parent and is only read) and takes no lock.
     unsafe {
         cmd.pre_exec(setup);

@@ -35,6 +35,7 @@ pending ──spawn──▶ running ──stop signal, or the command exited─
 */
 
 mod child;
+pub mod contain;
 mod keeper;
 mod kill_switch;
 mod processes;
@@ -87,6 +88,10 @@ pub struct SupervisorOptions {
     pub kill_grace: Duration,
     /// Variables added to (or replacing in) the inherited environment.
     pub env: Vec<(OsString, OsString)>,
+    /// Run the command in a PID namespace of its own, through this program serving as its
+    /// init (see [`contain`]): nothing the command starts can outlive it. Needs
+    /// `CAP_SYS_ADMIN`.
+    pub contain: Option<std::path::PathBuf>,
 }
 
 impl Default for SupervisorOptions {
@@ -94,6 +99,7 @@ impl Default for SupervisorOptions {
         SupervisorOptions {
             kill_grace: DEFAULT_KILL_GRACE,
             env: Vec::new(),
+            contain: None,
         }
     }
 }
@@ -210,12 +216,17 @@ pub async fn supervise(
         Some(Keeper::start()?)
     };
     let mut terminal = child::Terminal::probe();
+    let command = match &options.contain {
+        Some(init) => contain::relay_command(init, &command, options.kill_grace),
+        None => command,
+    };
     let mut cmd = child::build(&command, &options.env);
     child::prepare(
         &mut cmd,
         child::Group::Own,
         terminal.take_for_child(),
         keeper.as_ref().map_or(-1, Keeper::report_fd),
+        options.contain.is_some(),
     );
     let spawned = match reaper::spawn(&mut cmd) {
         Ok(spawned) => spawned,
@@ -425,7 +436,7 @@ impl Running {
 pub async fn run_hook(program: &OsStr, args: &[&OsStr]) -> io::Result<ChildStatus> {
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
-    child::prepare(&mut cmd, child::Group::Ours, false, -1);
+    child::prepare(&mut cmd, child::Group::Ours, false, -1, false);
     let spawned = reaper::spawn(&mut cmd)?;
     spawned
         .exit

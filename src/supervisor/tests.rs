@@ -68,7 +68,11 @@ fn exec(program: &str, args: &[&str]) -> ChildCommand {
 }
 
 fn options(kill_grace: Duration, env: Vec<(OsString, OsString)>) -> SupervisorOptions {
-    SupervisorOptions { kill_grace, env }
+    SupervisorOptions {
+        kill_grace,
+        env,
+        contain: None,
+    }
 }
 
 /// A deadline that never passes (a lock never lost).
@@ -716,4 +720,29 @@ async fn terminal_goes_to_the_child_and_back() {
     assert_eq!(text.matches("INT").count(), 1, "{text}");
     assert!(text.contains("status=0"), "{text}");
     assert!(text.contains("terminal-back"), "{text}");
+}
+
+/// A stop signal that arrived after the lock was taken but before the command could start: the
+/// command is not started at all.
+#[tokio::test]
+async fn a_stop_request_before_the_start_runs_nothing() {
+    let scratch = Scratch::new("stopfirst");
+    let opts = options(LONG_GRACE, scratch.env());
+    for signal in [Signal::TERM, Signal::INT, Signal::HUP, Signal::QUIT] {
+        let (sender, mut signals) = Signals::manual();
+        assert!(sender.send(Signal::USR1));
+        assert!(sender.send(signal));
+        let outcome = outcome_of(sh(r#"touch "$OUT""#), &opts, &mut signals, &NEVER).await;
+        assert!(
+            matches!(outcome, Outcome::NotStarted { signal: s } if s == signal),
+            "{outcome:?}"
+        );
+        assert!(!scratch.file("out").exists(), "{signal}: the command ran");
+    }
+    // Other signals before the start are dropped: there is no command yet to give them to.
+    let (sender, mut signals) = Signals::manual();
+    assert!(sender.send(Signal::USR1));
+    let outcome = outcome_of(sh(r#"touch "$OUT""#), &opts, &mut signals, &NEVER).await;
+    assert!(matches!(outcome, Outcome::Exited(0)), "{outcome:?}");
+    assert!(scratch.file("out").exists());
 }
