@@ -69,7 +69,7 @@ pub(crate) const TABLE: &[(i32, &str)] = &[
     ),
     (
         CONSUL_ERROR,
-        "Consul unreachable or answered an error (the message names the address and the status)",
+        "Consul unreachable or answered an error (the message names the address and the status); `execute`: the command succeeded but the lock could not be released",
     ),
     (
         NOT_A_LOCK,
