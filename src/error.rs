@@ -7,7 +7,6 @@ use crate::config::ConfigError;
 use crate::consul::ConsulError;
 use crate::key::InvalidKey;
 use crate::lock::{AcquireError, Refusal, ReleaseError};
-use crate::session::LossReason;
 
 /// Everything that can go wrong in consullock.
 #[derive(Debug, thiserror::Error)]
@@ -60,14 +59,6 @@ pub enum Error {
         key: String,
         /// How long it waited.
         waited: std::time::Duration,
-    },
-    /// The lock was lost while held.
-    #[error("lock lost on {key}: {reason}")]
-    LockLost {
-        /// The key.
-        key: String,
-        /// Why.
-        reason: LossReason,
     },
     /// A signal ended the operation.
     #[error("interrupted by signal {signal}")]

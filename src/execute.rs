@@ -21,33 +21,52 @@ use std::time::Duration;
 
 use crate::consul::Client;
 use crate::error::Error;
-use crate::key::validate_key;
+use crate::key::LockKey;
 use crate::lock::{self, AcquireOptions, HeldLock, ReleaseError};
-use crate::session::{ContactWindow, LossReason, SessionSettings, contact_window};
+use crate::session::{LossReason, SessionSettings, contact_window};
 use crate::supervisor::{self, ChildCommand, Outcome, Signal, Signals, SupervisorOptions};
 
-/// How `execute` holds its lock.
+/// How `execute` holds its lock: checked once, when made ([`ExecuteSettings::new`]).
 #[derive(Debug, Clone)]
 pub struct ExecuteSettings {
-    /// The session to create (renewed every TTL/2).
-    pub session: SessionSettings,
-    /// How to wait for the lock.
-    pub acquire: AcquireOptions,
-    /// Time between SIGTERM and SIGKILL when the command must stop.
-    pub kill_grace: Duration,
-    /// Run the command in a PID namespace of its own through this init program (see
-    /// [`supervisor::contain`]).
-    pub contain: Option<std::path::PathBuf>,
+    session: SessionSettings,
+    acquire: AcquireOptions,
+    kill_grace: Duration,
+    contain: Option<std::path::PathBuf>,
 }
 
 impl ExecuteSettings {
-    /// The contact window these settings give, or why they are unsafe (see
-    /// [`contact_window`]).
-    pub fn contact_window(&self) -> Result<ContactWindow, Error> {
-        self.session
-            .validate()
-            .map_err(Error::InvalidSessionSettings)?;
-        contact_window(&self.session, self.kill_grace).map_err(Error::UnsafeSettings)
+    /// Settings for [`execute_locked`], refused when the session's TTL or lock-delay is out of
+    /// Consul's bounds ([`Error::InvalidSessionSettings`]) or when they cannot keep the promise:
+    /// the kill grace does not fit before another holder could get the lock, or the renewals
+    /// cannot keep it ([`Error::UnsafeSettings`], see [`contact_window`]).
+    ///
+    /// `contain` runs the command in a PID namespace of its own through that init program (see
+    /// [`supervisor::contain`]).
+    pub fn new(
+        session: SessionSettings,
+        acquire: AcquireOptions,
+        kill_grace: Duration,
+        contain: Option<std::path::PathBuf>,
+    ) -> Result<ExecuteSettings, Error> {
+        session.validate().map_err(Error::InvalidSessionSettings)?;
+        contact_window(&session, kill_grace).map_err(Error::UnsafeSettings)?;
+        Ok(ExecuteSettings {
+            session,
+            acquire,
+            kill_grace,
+            contain,
+        })
+    }
+
+    /// The session to create (renewed every TTL/2).
+    pub fn session(&self) -> &SessionSettings {
+        &self.session
+    }
+
+    /// Time between SIGTERM and SIGKILL when the command must stop.
+    pub fn kill_grace(&self) -> Duration {
+        self.kill_grace
     }
 }
 
@@ -75,13 +94,11 @@ pub struct Executed {
 /// ends the release at once (the lock then stays held until its session ends by itself).
 pub async fn execute_locked(
     client: &Client,
-    key: &str,
+    key: &LockKey,
     settings: &ExecuteSettings,
     command: ChildCommand,
     signals: &mut Signals,
 ) -> Result<Executed, Error> {
-    validate_key(key)?;
-    settings.contact_window()?;
     let mut held =
         acquire_until_stop_request(client, key, &settings.session, &settings.acquire, signals)
             .await?;

@@ -26,6 +26,37 @@ fn suggestion(normalized: &Option<String>) -> String {
     }
 }
 
+/// A lock key that passed [`validate_key`]: code that takes one need not check it again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LockKey(String);
+
+impl LockKey {
+    /// `key`, if it is a valid, normalised lock key.
+    pub fn new(key: &str) -> Result<LockKey, InvalidKey> {
+        validate_key(key)?;
+        Ok(LockKey(key.to_owned()))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for LockKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for LockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Checks that `key` is a valid, normalised lock key.
 pub fn validate_key(key: &str) -> Result<(), InvalidKey> {
     let normalized = normalize_key(key);

@@ -81,6 +81,7 @@ assert_eq!(manager.release_regex("deploy/.*").await?, ["deploy/a", "deploy/b"]);
 pub mod clock;
 pub mod config;
 pub mod consul;
+#[cfg(feature = "dev-server")]
 pub mod devserver;
 pub mod error;
 pub mod execute;

@@ -10,7 +10,7 @@ use crate::config::ConsulConfig;
 use crate::consul::Client;
 use crate::error::Error;
 use crate::execute::{ExecuteSettings, Executed, execute_locked};
-use crate::key::validate_key;
+use crate::key::LockKey;
 use crate::lock::{self, AcquireOptions, FoundLock, HeldLock, LockInfo};
 use crate::session::{LossReason, SessionSettings};
 use crate::supervisor::{ChildCommand, Signals};
@@ -126,14 +126,14 @@ impl LockManager {
         options: AcquireOptions,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<LockGuard, Error> {
-        validate_key(key)?;
+        let key = LockKey::new(key)?;
         let options = AcquireOptions {
             keep_alive: true,
             ..options
         };
-        let settings = self.session_settings(key)?;
+        let settings = self.session_settings(&key)?;
         crate::session::contact_window(&settings, Duration::ZERO).map_err(Error::UnsafeSettings)?;
-        let mut held = lock::acquire(&self.client, key, &settings, &options, cancel).await?;
+        let mut held = lock::acquire(&self.client, &key, &settings, &options, cancel).await?;
         if let Err(e) = held.watch(Duration::ZERO) {
             let _ = held.release(std::future::pending()).await;
             return Err(Error::UnsafeSettings(e));
@@ -150,17 +150,18 @@ impl LockManager {
         command: ChildCommand,
         options: AcquireOptions,
     ) -> Result<Executed, Error> {
-        let settings = ExecuteSettings {
-            session: self.session_settings(key)?,
-            acquire: AcquireOptions {
+        let key = LockKey::new(key)?;
+        let settings = ExecuteSettings::new(
+            self.session_settings(&key)?,
+            AcquireOptions {
                 keep_alive: true,
                 ..options
             },
-            kill_grace: self.kill_grace,
-            contain: None,
-        };
+            self.kill_grace,
+            None,
+        )?;
         let (_sender, mut signals) = Signals::manual();
-        execute_locked(&self.client, key, &settings, command, &mut signals).await
+        execute_locked(&self.client, &key, &settings, command, &mut signals).await
     }
 
     /// The lock on `key`, if the key exists (its information is `None` when the value is not a
@@ -178,8 +179,8 @@ impl LockManager {
     /// whose value is not a consullock lock is left alone (false): its session may be another
     /// program's.
     pub async fn release(&self, key: &str) -> Result<bool, Error> {
-        validate_key(key)?;
-        Ok(lock::unlock(&self.client, key, false).await? == lock::Unlocked::Released)
+        let key = LockKey::new(key)?;
+        Ok(lock::unlock(&self.client, &key, false).await? == lock::Unlocked::Released)
     }
 
     /// Releases the locks on `keys`; returns those that were held, sorted.

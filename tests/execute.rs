@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 use crate::support::process::{
     EXIT, HANDSHAKE, Running, Scratch, children_of, example, process_running,
 };
+use crate::support::holder::hold;
 use crate::support::proxy::{Mode, Proxy};
 use crate::support::{TestConsul, wait_until};
 
@@ -706,23 +707,11 @@ fn as_pid1_it_reaps_orphans_forwards_term_and_propagates_the_exit_code() {
     consul.assert_nothing_left(&key);
 }
 
-/// An `execute` holding `key` with a print_signals child that exits on SIGTERM, once it runs.
-fn hold(consul: &TestConsul, key: &str) -> Running {
-    let print_signals = print_signals();
-    let command = execute_command(
-        consul,
-        &[key, "--", print_signals.to_str().unwrap(), "--exit-on-term"],
-    );
-    let mut holder = Running::start(command, false);
-    holder.ready_pid();
-    holder
-}
-
 #[test]
 fn non_blocking_and_timeout_do_not_run_the_command() {
     let consul = TestConsul::start();
     let key = consul.unique_key("non-blocking");
-    let mut holder = hold(&consul, &key);
+    let mut holder = hold(&consul, &key, &[]);
     let never = ["--", "sh", "-c", "echo ran"];
 
     let refused = execute(
@@ -865,7 +854,7 @@ fn twenty_contenders_run_one_at_a_time() {
 fn a_stop_signal_while_waiting_ends_the_wait_and_leaves_nothing() {
     let consul = TestConsul::start();
     let key = consul.unique_key("interrupted-wait");
-    let mut holder = hold(&consul, &key);
+    let mut holder = hold(&consul, &key, &[]);
     for (signal, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
         let mut waiter = Running::start(
             execute_command(&consul, &[&key, "--", "sh", "-c", "echo ran"]),

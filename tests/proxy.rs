@@ -10,31 +10,12 @@ use std::time::{Duration, Instant};
 use crate::support::http::{self, Response};
 use crate::support::process::{EXIT, Running};
 use crate::support::proxy::{Mode, Proxy, Stats};
+use crate::support::holder::{LONG_WINDOW, SHORT_WINDOW};
 use crate::support::{TestConsul, wait_until};
 /// Timeout of a raw request that should be answered.
 const ANSWER: Duration = Duration::from_secs(10);
 /// Longest wait for a handshake (a lock held, a log line, a reconnection).
 const HANDSHAKE: Duration = Duration::from_secs(20);
-/// Session settings whose contact window is 3 s: lock-delay 5 s (a node check may invalidate
-/// the session at any time) − 1 s kill grace − 1 s margin.
-const SHORT_WINDOW: [&str; 6] = [
-    "--session-ttl",
-    "10",
-    "--lock-delay",
-    "5",
-    "--kill-grace",
-    "1",
-];
-/// Settings whose contact window is 13 s: TTL-only, TTL 10 s + lock-delay 5 s − 2 s.
-const LONG_WINDOW: [&str; 7] = [
-    "--ttl-only",
-    "--session-ttl",
-    "10",
-    "--lock-delay",
-    "5",
-    "--kill-grace",
-    "1",
-];
 /// A fault shorter than [`LONG_WINDOW`]'s window, and longer than a retry interval.
 const BRIEF: Duration = Duration::from_secs(2);
 

@@ -83,24 +83,63 @@ pub(crate) enum Command {
     },
 }
 
+/// `--session-ttl`'s help, with the defaults from the library.
+fn session_ttl_help(long: bool) -> String {
+    let short = format!(
+        "Session TTL in seconds [default: lock {}, execute {}]",
+        consullock::lock::LEFT_HELD_SESSION_TTL.as_secs(),
+        consullock::session::DEFAULT_SESSION_TTL.as_secs()
+    );
+    if !long {
+        return short;
+    }
+    format!(
+        "{short}\n\n{}..={}, or 0 for no TTL. `execute` renews its session every TTL/2; `lock` \
+         leaves it to live its TTL, so the lock outlives the command that took it.",
+        consullock::session::MIN_SESSION_TTL.as_secs(),
+        consullock::session::MAX_SESSION_TTL.as_secs()
+    )
+}
+
+/// `--lock-delay`'s help, with the defaults from the library.
+fn lock_delay_help(long: bool) -> String {
+    let short = format!(
+        "Lock-delay in seconds [default: lock {}, execute {}]",
+        consullock::lock::LEFT_HELD_LOCK_DELAY.as_secs(),
+        consullock::session::DEFAULT_LOCK_DELAY.as_secs()
+    );
+    if !long {
+        return short;
+    }
+    format!(
+        "{short}\n\n0..={}. After the session is invalidated (not after a clean release), nobody \
+         can take the lock for this long: the time a holder that lost its lock has to stop.",
+        consullock::session::MAX_LOCK_DELAY.as_secs()
+    )
+}
+
 /// Options shared by `lock` and `execute`.
 #[derive(Debug, Args)]
 pub(crate) struct LockArgs {
     /// Lock key, e.g. `jobs/backup` (must not contain `//` and must be normalised).
     pub(crate) key: String,
 
-    /// Session TTL in seconds [default: lock 86400, execute 15]
-    ///
-    /// 10..=86400, or 0 for no TTL. `execute` renews its session every TTL/2; `lock` leaves it
-    /// to live its TTL, so the lock outlives the command that took it.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        allow_negative_numbers = true,
+        help = session_ttl_help(false),
+        long_help = session_ttl_help(true)
+    )]
     pub(crate) session_ttl: Option<f64>,
 
-    /// Lock-delay in seconds [default: lock 0, execute 15]
-    ///
-    /// 0..=60. After the session is invalidated (not after a clean release), nobody can take
-    /// the lock for this long: the time a holder that lost its lock has to stop.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        allow_negative_numbers = true,
+        help = lock_delay_help(false),
+        long_help = lock_delay_help(true)
+    )]
     pub(crate) lock_delay: Option<f64>,
 
     /// TTL-only session: no node health check can take the lock away
@@ -144,7 +183,7 @@ pub(crate) struct LockArgs {
     #[arg(
         short = 'i',
         value_name = "SECONDS",
-        default_value_t = 1.0,
+        default_value_t = consullock::lock::LOCK_DELAY_BACKOFF_CAP.as_secs_f64(),
         allow_negative_numbers = true
     )]
     pub(crate) interval: f64,
@@ -179,7 +218,7 @@ pub(crate) struct ExecuteArgs {
     #[arg(
         long,
         value_name = "SECONDS",
-        default_value_t = 5.0,
+        default_value_t = consullock::supervisor::DEFAULT_KILL_GRACE.as_secs_f64(),
         allow_negative_numbers = true
     )]
     pub(crate) kill_grace: f64,
@@ -192,7 +231,12 @@ pub(crate) struct ExecuteArgs {
     pub(crate) conflict_exit_code: Option<u8>,
 
     /// Exit code when the lock was lost and the command stopped.
-    #[arg(long, value_name = "CODE", default_value_t = 101, value_parser = clap::value_parser!(u8))]
+    #[arg(
+        long,
+        value_name = "CODE",
+        default_value_t = exit::LOCK_LOST as u8,
+        value_parser = clap::value_parser!(u8)
+    )]
     pub(crate) lock_lost_exit_code: u8,
 
     /// Become a child subreaper (when not PID 1), so orphaned grandchildren are reaped here.

@@ -7,17 +7,17 @@ use std::ffi::OsString;
 
 use consullock::Error;
 use consullock::execute::{ExecuteSettings, execute_locked};
-use consullock::key::validate_key;
+use consullock::key::LockKey;
 use consullock::session::{DEFAULT_LOCK_DELAY, DEFAULT_SESSION_TTL, forced_release_risk};
 use consullock::supervisor::{self, ChildCommand, Outcome, Signals};
 
 use super::args::ExecuteArgs;
-use super::{acquire_options, client_from_env, exit, log, seconds, session_settings};
+use super::{acquire_options, client_from_env, exit, say, seconds, session_settings};
 
 /// Runs `execute` from the command line; `direct` is true for the `-- PROG ARGS` form (no
 /// shell). Returns the exit code.
 pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
-    validate_key(&args.lock.key)?;
+    let key = LockKey::new(&args.lock.key)?;
     let session = session_settings(&args.lock, DEFAULT_SESSION_TTL, DEFAULT_LOCK_DELAY)?;
     let acquire = acquire_options(&args.lock, true)?;
     let kill_grace = seconds("--kill-grace", args.kill_grace, MAX_KILL_GRACE)
@@ -33,14 +33,8 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
     } else {
         None
     };
-    let settings = ExecuteSettings {
-        session,
-        acquire,
-        kill_grace,
-        contain,
-    };
-    settings.contact_window()?;
-    if let Some(risk) = forced_release_risk(&settings.session, kill_grace) {
+    let settings = ExecuteSettings::new(session, acquire, kill_grace, contain)?;
+    if let Some(risk) = forced_release_risk(settings.session(), kill_grace) {
         tracing::warn!("{risk}");
     }
     let command = child_command(args.command, direct)?;
@@ -52,14 +46,13 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
         supervisor::become_subreaper()?;
     }
 
-    let key = &args.lock.key;
-    let executed = match execute_locked(&client, key, &settings, command, &mut signals).await {
+    let executed = match execute_locked(&client, &key, &settings, command, &mut signals).await {
         Ok(executed) => executed,
         Err(error @ (Error::NotAcquired { .. } | Error::Timeout { .. })) => {
             // stdout belongs to the command, even when it did not run: no `null` here.
             return match args.conflict_exit_code {
                 Some(code) => {
-                    log::line(&format!("consullock: {error}"));
+                    say(&error.to_string());
                     Ok(i32::from(code))
                 }
                 None => Err(error),
@@ -70,12 +63,12 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
     let code = match &executed.outcome {
         Outcome::Exited(_) | Outcome::Signaled(_) => exit::of_outcome(&executed.outcome),
         Outcome::SpawnFailed { error, .. } => {
-            log::line(&format!("consullock: cannot run the command: {error}"));
+            say(&format!("cannot run the command: {error}"));
             exit::of_outcome(&executed.outcome)
         }
         Outcome::NotStarted { signal } => {
-            log::line(&format!(
-                "consullock: {signal} received before the command started: it was not started"
+            say(&format!(
+                "{signal} received before the command started: it was not started"
             ));
             exit::of_outcome(&executed.outcome)
         }
@@ -93,15 +86,13 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
                     executed.survivors
                 )
             };
-            log::line(&format!(
-                "consullock: lock lost on {key}: {reason}; {stopped}"
-            ));
+            say(&format!("lock lost on {key}: {reason}; {stopped}"));
             i32::from(args.lock_lost_exit_code)
         }
     };
     if !executed.survivors.is_empty() && !matches!(executed.outcome, Outcome::LockLost { .. }) {
-        log::line(&format!(
-            "consullock: processes {:?} of the command still run after SIGKILL",
+        say(&format!(
+            "processes {:?} of the command still run after SIGKILL",
             executed.survivors
         ));
     }
@@ -113,7 +104,7 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
             Ok(code)
         }
         Err(error) => {
-            log::line(&format!("consullock: {error}"));
+            say(&error.to_string());
             // The command's own failure wins; a success does not hide a lock left held.
             Ok(if code == exit::SUCCESS {
                 exit::CONSUL_ERROR

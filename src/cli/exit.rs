@@ -122,7 +122,6 @@ pub(crate) fn of_error(error: &Error) -> i32 {
         Error::Consul(_) => CONSUL_ERROR,
         Error::NotAcquired { .. } => NOT_ACQUIRED,
         Error::Timeout { .. } => TIMEOUT,
-        Error::LockLost { .. } => LOCK_LOST,
         Error::Interrupted { signal } => from_signal(*signal),
         Error::Io(_) => INTERNAL,
     }

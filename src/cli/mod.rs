@@ -17,7 +17,7 @@ pub(crate) mod log;
 use consullock::Error;
 use consullock::config::ConsulConfig;
 use consullock::consul::Client;
-use consullock::key::validate_key;
+use consullock::key::LockKey;
 use consullock::lock::{self, AcquireOptions};
 use consullock::session::SessionSettings;
 
@@ -30,7 +30,7 @@ pub(crate) fn contain_init(args: &[OsString]) -> Option<i32> {
     let (grace, command) = match contain::init_request(args)? {
         Ok(request) => request,
         Err(e) => {
-            log::line(&format!("consullock: {e}"));
+            say(&e.to_string());
             return Some(exit::INVALID_ARGUMENTS);
         }
     };
@@ -38,7 +38,7 @@ pub(crate) fn contain_init(args: &[OsString]) -> Option<i32> {
         let code = match contain::run_init(command, grace) {
             Ok(outcome) => {
                 if let consullock::supervisor::Outcome::SpawnFailed { error, .. } = &outcome {
-                    log::line(&format!("consullock: cannot run the command: {error}"));
+                    say(&format!("cannot run the command: {error}"));
                 }
                 exit::of_outcome(&outcome)
             }
@@ -72,7 +72,7 @@ pub(crate) fn run(args: Vec<OsString>) -> i32 {
                     exit::INVALID_ARGUMENTS
                 }
                 _ => {
-                    log::line(&format!("consullock: {}", one_line_usage_error(&e)));
+                    say(&one_line_usage_error(&e));
                     exit::INVALID_ARGUMENTS
                 }
             };
@@ -132,8 +132,14 @@ fn print_bytes(bytes: &[u8]) -> Result<i32, Error> {
 
 /// Prints the one-line error and returns its exit code.
 fn report(error: &Error) -> i32 {
-    log::line(&format!("consullock: {error}"));
+    say(&error.to_string());
     exit::of_error(error)
+}
+
+/// Prints one of consullock's own lines on stderr (`consullock: ...`): every error, warning
+/// of the command line and end-of-run report goes through here, one line each.
+pub(crate) fn say(line: &str) {
+    log::line(&format!("consullock: {line}"));
 }
 
 /// Connection settings and client from the environment.
@@ -278,7 +284,7 @@ impl lock::WaitObserver for HolderLine {
 }
 
 async fn run_lock(args: LockArgs) -> Result<i32, Error> {
-    validate_key(&args.key)?;
+    let key = LockKey::new(&args.key)?;
     let settings = session_settings(
         &args,
         lock::LEFT_HELD_SESSION_TTL,
@@ -290,7 +296,7 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
     let mut signals = consullock::supervisor::Signals::install()?;
     let acquired = consullock::execute::acquire_until_stop_request(
         &client,
-        &args.key,
+        &key,
         &settings,
         &options,
         &mut signals,
@@ -321,8 +327,8 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
 async fn run_unlock(args: UnlockArgs) -> Result<i32, Error> {
     let client = client_from_env()?;
     let left_alone = |key: &str| {
-        log::line(&format!(
-            "consullock: left {key} alone: its value is not a consullock lock (--force releases \
+        say(&format!(
+            "left {key} alone: its value is not a consullock lock (--force releases \
              it anyway, destroying the session that holds it)"
         ));
     };
@@ -336,8 +342,8 @@ async fn run_unlock(args: UnlockArgs) -> Result<i32, Error> {
         println!("{}", serde_json::Value::from(unlocked.released));
         return Ok(exit::SUCCESS);
     }
-    validate_key(&args.key)?;
-    match lock::unlock(&client, &args.key, args.force).await? {
+    let key = LockKey::new(&args.key)?;
+    match lock::unlock(&client, &key, args.force).await? {
         lock::Unlocked::Released => {
             println!("{}", serde_json::Value::from(args.key));
             Ok(exit::SUCCESS)

@@ -6,6 +6,7 @@
 pub(crate) mod consul;
 pub(crate) mod fake;
 pub(crate) mod go_recipe;
+pub(crate) mod holder;
 pub(crate) mod http;
 pub(crate) mod process;
 pub(crate) mod proxy;
