@@ -14,10 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::support::holder::hold;
 use crate::support::process::{
     EXIT, HANDSHAKE, Running, Scratch, children_of, example, process_running,
 };
-use crate::support::holder::hold;
 use crate::support::proxy::{Mode, Proxy};
 use crate::support::{TestConsul, wait_until};
 

@@ -7,10 +7,10 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::holder::{LONG_WINDOW, SHORT_WINDOW};
 use crate::support::http::{self, Response};
 use crate::support::process::{EXIT, Running};
 use crate::support::proxy::{Mode, Proxy, Stats};
-use crate::support::holder::{LONG_WINDOW, SHORT_WINDOW};
 use crate::support::{TestConsul, wait_until};
 /// Timeout of a raw request that should be answered.
 const ANSWER: Duration = Duration::from_secs(10);

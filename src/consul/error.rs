@@ -109,6 +109,18 @@ impl ConsulError {
         }
     }
 
+    /// Whether this is how a server without `PUT /v1/txn` answers it: 404 (a very old Consul,
+    /// or a proxy that only lets the KV and session endpoints through) or 405.
+    pub fn means_no_txn(&self) -> bool {
+        match self {
+            ConsulError::NotFound { request, .. } => request.path == "/v1/txn",
+            ConsulError::Server {
+                request, status, ..
+            } => request.path == "/v1/txn" && *status == 405,
+            _ => false,
+        }
+    }
+
     /// Whether trying again later may succeed: transport failures, timeouts, 429 and 5xx (a
     /// leader election answers 500 `No cluster leader` for a few seconds).
     pub fn is_transient(&self) -> bool {

@@ -23,7 +23,10 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 
 pub use error::{ConsulError, RequestContext};
-pub use types::{Behavior, Indexed, KvEntry, QueryOptions, SessionEntry, SessionRequest};
+pub use types::{
+    Behavior, Indexed, KvEntry, QueryOptions, SessionEntry, SessionRequest, TxnError, TxnOp,
+    TxnOutcome,
+};
 
 use crate::config::{ConfigError, ConsulConfig, Endpoint, Scheme, Secret};
 
@@ -65,6 +68,9 @@ pub struct Client {
     config: std::sync::Arc<ConsulConfig>,
     /// Deadline of every request that is not a blocking read and names none of its own.
     request_timeout: Duration,
+    /// Whether the server has refused `PUT /v1/txn` (404 or 405) once: then no transaction is
+    /// tried again in this process. Shared by every clone.
+    no_transactions: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Client {
@@ -157,7 +163,23 @@ impl Client {
             common_query,
             config: std::sync::Arc::new(config.clone()),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            no_transactions: Default::default(),
         })
+    }
+
+    /// Whether to use transactions: until the server refuses them once.
+    pub fn transactions(&self) -> bool {
+        !self
+            .no_transactions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The server refused `PUT /v1/txn` (see [`ConsulError::means_no_txn`]): the locks fall back
+    /// to `?acquire` and `?release` from now on, in every clone of this client.
+    pub fn note_no_transactions(&self) {
+        tracing::debug!("consul has no transactions here; falling back to ?acquire and ?release");
+        self.no_transactions
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The same client (same connection pool) whose requests that are not blocking reads give
@@ -174,7 +196,12 @@ impl Client {
     /// pool, it leaves the connection of the other requests idle and ready, so e.g. the
     /// release after a watch needs no new TCP (or TLS) handshake.
     pub fn with_own_pool(&self) -> Result<Client, ConfigError> {
-        Ok(Client::new(&self.config)?.with_request_timeout(self.request_timeout))
+        let own = Client::new(&self.config)?;
+        Ok(Client {
+            request_timeout: self.request_timeout,
+            no_transactions: self.no_transactions.clone(),
+            ..own
+        })
     }
 
     /// The agent's address, for messages.
@@ -398,6 +425,52 @@ impl Client {
         response.json()
     }
 
+    // ---- transactions ----
+
+    /// `PUT /v1/txn`: `ops` applied atomically, in one Raft commit when any of them writes.
+    /// A transaction that Consul rolled back (409) is [`TxnOutcome::RolledBack`] with its
+    /// errors, not an error. A server without the endpoint (404, 405: a very old Consul, or a
+    /// proxy that blocks it) gives [`ConsulError::NotFound`] or [`ConsulError::Server`] with 405,
+    /// which [`ConsulError::means_no_txn`] recognises.
+    pub async fn txn(&self, ops: &[TxnOp<'_>]) -> Result<TxnOutcome, ConsulError> {
+        let body = serde_json::to_vec(&ops.iter().map(TxnOp::to_json).collect::<Vec<_>>())
+            .map_err(|e| ConsulError::InvalidResponse {
+                request: self.context("PUT", "/v1/txn"),
+                what: format!("cannot encode the transaction: {e}"),
+            })?;
+        let response = self
+            .send(
+                Method::PUT,
+                "/v1/txn".into(),
+                &[],
+                Some(body),
+                self.request_timeout,
+            )
+            .await?;
+        let answer: types::RawTxnResponse = response.json()?;
+        if response.status == StatusCode::CONFLICT {
+            return Ok(TxnOutcome::RolledBack(
+                answer
+                    .errors
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| TxnError {
+                        op_index: e.op_index,
+                        what: e.what,
+                    })
+                    .collect(),
+            ));
+        }
+        let results = answer
+            .results
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|result| result.kv.map(types::RawKvEntry::decode))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|what| response.invalid(what))?;
+        Ok(TxnOutcome::Applied(results))
+    }
+
     // ---- plumbing ----
 
     fn context(&self, method: &'static str, path: &str) -> RequestContext {
@@ -497,7 +570,9 @@ impl Client {
             headers,
             body,
         };
-        if status.is_success() || (status == StatusCode::NOT_FOUND && path.starts_with("/v1/kv/")) {
+        let answers_with_a_body = (status == StatusCode::NOT_FOUND && path.starts_with("/v1/kv/"))
+            || (status == StatusCode::CONFLICT && path == "/v1/txn");
+        if status.is_success() || answers_with_a_body {
             return Ok(response);
         }
         Err(response.into_error())

@@ -155,6 +155,150 @@ pub struct KvEntry {
     pub modify_index: u64,
 }
 
+/// One KV operation of a transaction (`PUT /v1/txn`), as Consul's `KVTxnOp` (`api/txn.go`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp<'a> {
+    /// Take the lock for `session` (as `?acquire`: lock-delay applies), storing `value`.
+    Lock {
+        /// The key.
+        key: &'a str,
+        /// The value to store.
+        value: &'a [u8],
+        /// The flags to store.
+        flags: u64,
+        /// The session taking the lock.
+        session: &'a str,
+    },
+    /// Read the key (the result carries its value).
+    Get {
+        /// The key.
+        key: &'a str,
+    },
+    /// Fail unless the key's ModifyIndex is `index`.
+    CheckIndex {
+        /// The key.
+        key: &'a str,
+        /// The expected ModifyIndex.
+        index: u64,
+    },
+    /// Fail if the key exists.
+    CheckNotExists {
+        /// The key.
+        key: &'a str,
+    },
+    /// Fail unless `session` holds the key.
+    CheckSession {
+        /// The key.
+        key: &'a str,
+        /// The expected holder.
+        session: &'a str,
+    },
+    /// Store `value` if the key's ModifyIndex is `index` (0: only if it does not exist).
+    Cas {
+        /// The key.
+        key: &'a str,
+        /// The value to store.
+        value: &'a [u8],
+        /// The flags to store.
+        flags: u64,
+        /// The expected ModifyIndex.
+        index: u64,
+    },
+    /// Delete the key.
+    Delete {
+        /// The key.
+        key: &'a str,
+    },
+    /// Delete the key if its ModifyIndex is `index` (an absent key counts as deleted).
+    DeleteCas {
+        /// The key.
+        key: &'a str,
+        /// The expected ModifyIndex.
+        index: u64,
+    },
+}
+
+impl TxnOp<'_> {
+    /// The op as Consul reads it: `{"KV": {"Verb": ..., "Key": ..., ...}}`, values in base64.
+    pub(super) fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let b64 = |value: &[u8]| base64::engine::general_purpose::STANDARD.encode(value);
+        let kv = match self {
+            TxnOp::Lock {
+                key,
+                value,
+                flags,
+                session,
+            } => {
+                json!({"Verb": "lock", "Key": key, "Value": b64(value), "Flags": flags, "Session": session})
+            }
+            TxnOp::Get { key } => json!({"Verb": "get", "Key": key}),
+            TxnOp::CheckIndex { key, index } => {
+                json!({"Verb": "check-index", "Key": key, "Index": index})
+            }
+            TxnOp::CheckNotExists { key } => json!({"Verb": "check-not-exists", "Key": key}),
+            TxnOp::CheckSession { key, session } => {
+                json!({"Verb": "check-session", "Key": key, "Session": session})
+            }
+            TxnOp::Cas {
+                key,
+                value,
+                flags,
+                index,
+            } => {
+                json!({"Verb": "cas", "Key": key, "Value": b64(value), "Flags": flags, "Index": index})
+            }
+            TxnOp::Delete { key } => json!({"Verb": "delete", "Key": key}),
+            TxnOp::DeleteCas { key, index } => {
+                json!({"Verb": "delete-cas", "Key": key, "Index": index})
+            }
+        };
+        json!({ "KV": kv })
+    }
+}
+
+/// An op of a transaction that failed, as Consul reports it in a 409.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnError {
+    /// Which op (0-based).
+    pub op_index: usize,
+    /// Why, in Consul's words (e.g. `failed to lock key "k", lock is already held`).
+    pub what: String,
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Applied: the entries the ops gave, in op order. Only ops that give an entry add one
+    /// (written entries come without their value; deletes and `check-not-exists` give none), as
+    /// Consul's state store appends each op's results (`agent/consul/state/txn.go`).
+    Applied(Vec<KvEntry>),
+    /// Rolled back: nothing applied, for these reasons.
+    RolledBack(Vec<TxnError>),
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawTxnResponse {
+    #[serde(rename = "Results", default)]
+    pub(super) results: Option<Vec<RawTxnResult>>,
+    #[serde(rename = "Errors", default)]
+    pub(super) errors: Option<Vec<RawTxnError>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawTxnResult {
+    #[serde(rename = "KV", default)]
+    pub(super) kv: Option<RawKvEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawTxnError {
+    #[serde(rename = "OpIndex", default)]
+    pub(super) op_index: usize,
+    #[serde(rename = "What", default)]
+    pub(super) what: String,
+}
+
 /// A read result with Consul's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Indexed<T> {

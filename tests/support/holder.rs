@@ -29,10 +29,12 @@ pub(crate) const LONG_WINDOW: [&str; 7] = [
 pub(crate) fn hold(consul: &TestConsul, key: &str, settings: &[&str]) -> Running {
     let print_signals = example("print_signals");
     let mut command = consul.command();
-    command
-        .arg("execute")
-        .args(settings)
-        .args([key, "--", print_signals.to_str().unwrap(), "--exit-on-term"]);
+    command.arg("execute").args(settings).args([
+        key,
+        "--",
+        print_signals.to_str().unwrap(),
+        "--exit-on-term",
+    ]);
     let mut holder = Running::start(command, false);
     holder.ready_pid();
     holder

@@ -1,0 +1,374 @@
+//! A lock we hold: its watch (consistent blocking reads of the key, one sent every third of the
+//! contact window whether or not the previous one answered), and its release.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock;
+use crate::consul::{Client, ConsulError, PutMode, QueryOptions, TxnOp, TxnOutcome};
+use crate::session::{Liveness, LossReason, Session};
+
+use super::value::LockInfo;
+use super::{MAX_BLOCKING_WAIT, MIN_MONITOR_WAIT, RELEASE_REQUEST_TIMEOUT};
+
+/// A lock we hold.
+#[derive(Debug)]
+pub struct HeldLock {
+    session: Session,
+    liveness: Option<Liveness>,
+    info: LockInfo,
+    value: Vec<u8>,
+    lock_index: u64,
+    fencing_token: u64,
+}
+
+impl HeldLock {
+    pub(super) fn new(
+        session: Session,
+        liveness: Option<Liveness>,
+        info: LockInfo,
+        value: Vec<u8>,
+        lock_index: u64,
+        fencing_token: u64,
+    ) -> HeldLock {
+        HeldLock {
+            session,
+            liveness,
+            info,
+            value,
+            lock_index,
+            fencing_token,
+        }
+    }
+
+    /// Stops renewing and watching (dropping the [`Liveness`] aborts its tasks).
+    fn stop_watching(&mut self) -> Option<Liveness> {
+        self.liveness.take()
+    }
+
+    /// The lock's information, as stored in the key.
+    pub fn info(&self) -> &LockInfo {
+        &self.info
+    }
+
+    /// The session holding the lock.
+    pub fn session_id(&self) -> &str {
+        self.session.id()
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.info.key
+    }
+
+    /// The key's LockIndex after acquiring (Consul's sequencer, with key and session).
+    pub fn lock_index(&self) -> u64 {
+        self.lock_index
+    }
+
+    /// The key's ModifyIndex read consistently right after acquiring. It is a Raft index, so it
+    /// only grows from one holder to the next, even when the key is deleted in between: a
+    /// resource that remembers the highest token it has seen can refuse a stale holder.
+    pub fn fencing_token(&self) -> u64 {
+        self.fencing_token
+    }
+
+    /// Starts watching the lock for a holder that needs `kill_grace` to stop its work once the
+    /// lock is lost: consistent blocking reads of the key, and the contact window (see
+    /// [`crate::session::contact_window`]). Loss is then reported by [`HeldLock::lost`] and by
+    /// the returned deadline, which passes when the lock may be someone else's, minus the grace
+    /// and a margin. Fails when the settings leave no such window.
+    pub fn watch(&mut self, kill_grace: Duration) -> Result<clock::Deadline, String> {
+        let liveness = self
+            .liveness
+            .get_or_insert_with(|| self.session.keep_alive());
+        let window = liveness.enforce_contact_window(kill_grace)?;
+        // Each watch read that returns confirms the lock, so they must be sent well within the
+        // contact window, even with nothing changing.
+        let monitor_wait = window.shortest().map_or(MAX_BLOCKING_WAIT, |w| {
+            (w / 3).clamp(MIN_MONITOR_WAIT, MAX_BLOCKING_WAIT)
+        });
+        let task = tokio::spawn(monitor_loop(
+            self.session.client().clone(),
+            self.info.key.clone(),
+            self.session.id().to_owned(),
+            self.fencing_token,
+            monitor_wait,
+            liveness.shared.clone(),
+        ));
+        liveness.push_task(task);
+        Ok(liveness.deadline())
+    }
+
+    /// A receiver of the loss, for code that waits on it elsewhere.
+    pub fn loss_receiver(&mut self) -> tokio::sync::watch::Receiver<Option<LossReason>> {
+        self.liveness
+            .get_or_insert_with(|| self.session.keep_alive())
+            .subscribe()
+    }
+
+    /// The loss, if it happened (a contact window that has run out counts, even if the task
+    /// that watches it has not noticed yet).
+    pub fn loss(&self) -> Option<LossReason> {
+        let liveness = self.liveness.as_ref()?;
+        liveness.shared.declare_if_past_deadline();
+        liveness.loss()
+    }
+
+    /// Waits until the lock is lost (only meaningful after [`HeldLock::watch`]).
+    pub async fn lost(&mut self) -> LossReason {
+        crate::session::wait_lost(self.loss_receiver()).await
+    }
+
+    /// When Consul will have ended the session by itself at the latest, if it has a TTL: twice
+    /// the TTL after the last renewal (Consul's servers wait 2×TTL).
+    fn expires_by(&self, liveness: Option<&Liveness>) -> Option<std::time::SystemTime> {
+        let (renewed, ttl) = match liveness {
+            Some(liveness) => liveness.last_renewal(),
+            None => (self.session.created_at(), self.session.settings().ttl),
+        };
+        let ends = renewed + ttl? * crate::session::SESSION_TTL_MULTIPLIER;
+        let from_now = ends.saturating_sub(clock::now());
+        Some(std::time::SystemTime::now() + from_now)
+    }
+
+    /// Releases the lock cleanly: `?release` with our session (no lock-delay for the next
+    /// holder), delete the key if nobody changed it since, destroy the session.
+    ///
+    /// Each request gives up after [`RELEASE_REQUEST_TIMEOUT`]; `cancel` (a stop signal) ends
+    /// the release at once. When the lock could not be released, the error says when the
+    /// session ends by itself. A release that failed is followed by a destroy of the session,
+    /// which also frees the key (under the session's lock-delay).
+    pub async fn release(mut self, cancel: impl Future<Output = ()>) -> Result<(), ReleaseError> {
+        let liveness = self.stop_watching();
+        let expires_by = self.expires_by(liveness.as_ref());
+        drop(liveness);
+        let client = self
+            .session
+            .client()
+            .with_request_timeout(RELEASE_REQUEST_TIMEOUT);
+        let key = self.info.key.clone();
+        let session = self.session.id().to_owned();
+        tokio::pin!(cancel);
+        let release = release_key(&client, &key, &session, &self.value);
+        let released = tokio::select! {
+            biased;
+            () = &mut cancel => Err(ReleaseFailure::Interrupted),
+            result = release => result.map_err(ReleaseFailure::Consul),
+        };
+        if matches!(released, Err(ReleaseFailure::Interrupted)) {
+            return Err(ReleaseError {
+                key,
+                failure: ReleaseFailure::Interrupted,
+                expires_by,
+            });
+        }
+        let destroy = self.session.destroy_with_timeout(RELEASE_REQUEST_TIMEOUT);
+        let destroyed = tokio::select! {
+            biased;
+            () = &mut cancel => Err(ReleaseFailure::Interrupted),
+            result = destroy => result.map_err(ReleaseFailure::Consul),
+        };
+        match (released, destroyed) {
+            (Ok(released), destroyed) => {
+                if released {
+                    tracing::info!(key = %key, "lock released");
+                } else {
+                    tracing::info!(key = %key, "the lock was no longer ours to release");
+                }
+                if let Err(e) = destroyed {
+                    tracing::warn!(
+                        "the session of {key} could not be destroyed ({e}); it ends with its TTL"
+                    );
+                }
+                Ok(())
+            }
+            (Err(e), Ok(())) => {
+                tracing::info!(
+                    key = %key,
+                    "lock released by destroying its session (the release failed: {e})"
+                );
+                Ok(())
+            }
+            (Err(failure), Err(_)) => Err(ReleaseError {
+                key,
+                failure,
+                expires_by,
+            }),
+        }
+    }
+
+    /// Gives the lock up to Consul: the session is neither renewed nor destroyed, so the lock
+    /// stays held until `unlock` or the session's TTL (what `consullock lock` does).
+    pub fn leave_held(mut self) -> LockInfo {
+        self.stop_watching();
+        self.info
+    }
+
+    /// Destroys the session without releasing first (the key goes with it, under lock-delay):
+    /// after a loss, a release would only answer `false` or hang.
+    pub async fn abandon(mut self, cancel: impl Future<Output = ()>) -> Result<(), ReleaseError> {
+        let liveness = self.stop_watching();
+        let expires_by = self.expires_by(liveness.as_ref());
+        drop(liveness);
+        let destroy = self.session.destroy_with_timeout(RELEASE_REQUEST_TIMEOUT);
+        let result = tokio::select! {
+            biased;
+            () = cancel => Err(ReleaseFailure::Interrupted),
+            result = destroy => result.map_err(ReleaseFailure::Consul),
+        };
+        result.map_err(|failure| ReleaseError {
+            key: self.info.key.clone(),
+            failure,
+            expires_by,
+        })
+    }
+}
+
+/// Frees `key` if `session` still holds it; whether it did. One transaction,
+/// `[check-session, delete]`: the key goes only while it is ours, and no lock-delay follows a
+/// release. Where the server has no transactions (404, 405), `?release`, then the key deleted by
+/// check-and-set unless someone wrote it since.
+async fn release_key(
+    client: &Client,
+    key: &str,
+    session: &str,
+    value: &[u8],
+) -> Result<bool, ConsulError> {
+    if client.transactions() {
+        let ops = [TxnOp::CheckSession { key, session }, TxnOp::Delete { key }];
+        match client.txn(&ops).await {
+            Ok(TxnOutcome::Applied(_)) => return Ok(true),
+            // The check failed: the key is gone or someone else's.
+            Ok(TxnOutcome::RolledBack(_)) => return Ok(false),
+            Err(e) if e.means_no_txn() => client.note_no_transactions(),
+            Err(e) => return Err(e),
+        }
+    }
+    let released = client
+        .kv_put(key, value, PutMode::Release(session), None)
+        .await?;
+    if released {
+        // Leave no unheld lock value behind, unless someone wrote the key since.
+        let read = client.kv_get(key, &QueryOptions::default()).await;
+        if let Ok(read) = read
+            && let Some(entry) = read
+                .value
+                .filter(|e| e.session.is_none() && e.value == value)
+        {
+            let _ = client.kv_delete(key, Some(entry.modify_index)).await;
+        }
+    }
+    Ok(released)
+}
+
+/// Why a release did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseFailure {
+    /// A stop request ended it.
+    #[error("interrupted")]
+    Interrupted,
+    /// Consul failed or did not answer.
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+}
+
+/// A lock that could not be released: it stays held until its session ends by itself.
+#[derive(Debug, thiserror::Error)]
+#[error("the lock on {key} was NOT released ({failure}); {}", expiry(.expires_by))]
+pub struct ReleaseError {
+    /// The key.
+    pub key: String,
+    /// Why.
+    pub failure: ReleaseFailure,
+    /// When Consul ends the session (and frees the lock) at the latest; `None` for a session
+    /// without TTL, which only an unlock ends.
+    pub expires_by: Option<std::time::SystemTime>,
+}
+
+fn expiry(expires_by: &Option<std::time::SystemTime>) -> String {
+    match expires_by {
+        Some(at) => format!(
+            "its session ends by itself by {} UTC at the latest",
+            humantime::format_rfc3339_seconds(*at)
+                .to_string()
+                .trim_end_matches('Z')
+        ),
+        None => "its session has no TTL: it stays held until `consullock unlock`".to_owned(),
+    }
+}
+
+async fn monitor_loop(
+    client: Client,
+    key: String,
+    session: String,
+    index: u64,
+    wait: Duration,
+    shared: Arc<crate::session::Shared>,
+) {
+    // Its own pool: the release that aborts this watch then finds the shared pool's
+    // connection idle instead of connecting anew (on the handoff's critical path). Built here,
+    // in the task, so that it costs nothing before the child starts.
+    let client = match client.with_own_pool() {
+        Ok(own) => own,
+        Err(e) => {
+            tracing::debug!("watching on the shared connection pool: {e}");
+            client
+        }
+    };
+    let mut index = index;
+    let mut in_flight = tokio::task::JoinSet::new();
+    // Send a read every `wait`, whether or not the previous ones have answered: each confirms
+    // the lock from its own send time, so slow answers overlap instead of adding up.
+    let mut next_send = tokio::time::Instant::now();
+    let mut last_sent: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next_send) => {
+                let sent_at = clock::now();
+                last_sent = Some(tokio::time::Instant::now());
+                let client = client.clone();
+                let key = key.clone();
+                let options = QueryOptions::blocking(index.max(1), wait).consistent();
+                in_flight.spawn(async move { (sent_at, client.kv_get(&key, &options).await) });
+                next_send = tokio::time::Instant::now() + wait;
+            }
+            Some(joined) = in_flight.join_next() => {
+                let Ok((sent_at, result)) = joined else { continue };
+                match result {
+                    Ok(read) => match read.value {
+                        None => {
+                            shared.declare_lost(LossReason::KeyDeleted);
+                            return;
+                        }
+                        Some(entry) if entry.session.as_deref() != Some(session.as_str()) => {
+                            shared.declare_lost(LossReason::KeyTakenOver {
+                                holder: entry.session,
+                            });
+                            return;
+                        }
+                        Some(_) => {
+                            shared.confirm(sent_at);
+                            if shared.is_lost() {
+                                return;
+                            }
+                            let changed = read.index > index;
+                            // An index that goes backwards (snapshot restore) restarts the watch.
+                            index = if read.index < index { 0 } else { read.index };
+                            // Keep a read blocked on the key at all times, so a change is seen
+                            // at once; but never faster than the floor, whatever the server does.
+                            if changed && in_flight.is_empty() {
+                                let floor = last_sent.map_or(next_send, |at| at + MIN_MONITOR_WAIT);
+                                next_send = next_send.min(floor.max(tokio::time::Instant::now()));
+                            }
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(key = %key, "watching the lock failed, retrying: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
