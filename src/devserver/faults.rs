@@ -17,6 +17,7 @@
 //! | slow server | `delay_ms` | the answer (error or not) delayed that many ms, until reset to 0 |
 //! | index reset | `index_backwards` | the next N successful reads carry `X-Consul-Index: 1` |
 //! | no blocking | `answer_at_once_ms` | blocking reads answer at once, as if `?index` were absent |
+//! | no transactions | `no_txn` (true/false) | `PUT /v1/txn` answers 404, as before Consul 0.7 or behind a proxy that blocks it |
 //! | late answers | `answer_delay_ms` | the request is carried out at once, its answer sent that many ms later, until reset to 0 |
 //!
 //! `path_prefix` narrows the delay and the period faults to requests whose path starts with it (e.g.
@@ -58,6 +59,7 @@ pub(crate) struct Request {
     index_backwards: Option<u64>,
     answer_at_once_ms: Option<u64>,
     answer_delay_ms: Option<u64>,
+    no_txn: Option<bool>,
     path_prefix: Option<String>,
 }
 
@@ -72,6 +74,7 @@ struct Active {
     index_backwards: u64,
     answer_at_once_until: Option<Instant>,
     answer_delay: Duration,
+    no_txn: bool,
 }
 
 /// How many answers each fault changed.
@@ -102,6 +105,7 @@ pub(crate) struct Report {
     index_backwards: u64,
     answer_at_once_ms: u64,
     answer_delay_ms: u64,
+    no_txn: bool,
     path_prefix: String,
     injected: InjectedReport,
 }
@@ -157,6 +161,9 @@ impl Faults {
         if let Some(ms) = request.answer_delay_ms {
             active.answer_delay = Duration::from_millis(ms);
         }
+        if let Some(no_txn) = request.no_txn {
+            active.no_txn = no_txn;
+        }
         if let Some(prefix) = &request.path_prefix {
             active.path_prefix = prefix.clone();
         }
@@ -184,6 +191,7 @@ impl Faults {
             index_backwards: active.index_backwards,
             answer_at_once_ms: remaining(active.answer_at_once_until, now),
             answer_delay_ms: active.answer_delay.as_millis() as u64,
+            no_txn: active.no_txn,
             path_prefix: active.path_prefix.clone(),
             injected: InjectedReport {
                 no_leader: count(&self.injected.no_leader),
@@ -232,6 +240,11 @@ impl Faults {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Some((status, text))
+    }
+
+    /// Whether `PUT /v1/txn` must answer 404.
+    pub(crate) fn no_txn(&self) -> bool {
+        self.active().no_txn
     }
 
     /// How long to hold back the answer of a request already carried out, if at all.

@@ -825,6 +825,13 @@ async fn answer(
 /// [`faults`]). `/_devserver/*` is never faulted, so tests can always turn faults off.
 async fn test_fault(shared: &Shared, path: &str) -> Option<Response<Body>> {
     let faults = shared.faults.as_ref()?;
+    if path == "/v1/txn" && faults.no_txn() {
+        // As a Consul before transactions (or a proxy that blocks them) answers.
+        return Some(failure(Failure::new(
+            StatusCode::NOT_FOUND,
+            "404 page not found",
+        )));
+    }
     if !faults.applies_to(path) {
         return None;
     }
