@@ -64,6 +64,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::process::monotonic_ns;
 use crate::support::proxy::{Mode, Proxy};
 use crate::support::{TestConsul, wait_until};
 
@@ -163,17 +164,6 @@ fn verbosity(index: u64) -> &'static [&'static str] {
         1 => &["-v"],
         _ => &[],
     }
-}
-
-fn monotonic_ns() -> u128 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `now`.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    assert_eq!(rc, 0, "clock_gettime");
-    now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128
 }
 
 /// The `heartbeat` example binary, built on demand when `cargo test` was limited to this test

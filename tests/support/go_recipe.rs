@@ -124,6 +124,7 @@
 //! let released = held.release(Duration::from_secs(10))?;   // Release, Destroy, session destroy
 //! ```
 
+pub(crate) use super::process::monotonic_ns;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -738,19 +739,6 @@ fn parse_go_duration(text: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
     }
     Ok(Duration::from_secs_f64(total))
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock every process on the machine shares, so stamps
-/// of these contenders and of commands run by consullock can be compared.
-pub(crate) fn monotonic_ns() -> u128 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `now`.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    assert_eq!(rc, 0, "clock_gettime");
-    now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128
 }
 
 /// The largest number of `[start, end)` intervals that overlap at one instant.
