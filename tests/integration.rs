@@ -15,6 +15,7 @@ mod library;
 mod lock;
 mod promise;
 mod proxy;
+mod review_findings;
 mod safety;
 mod support;
 mod torture;
