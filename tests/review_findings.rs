@@ -521,3 +521,208 @@ fn subreaper_a_descendant_that_keeps_changing_pid_is_stopped_before_the_release(
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Settings that `contact_window` accepts must keep a lock on a healthy Consul. With
+/// `--session-ttl 10 --lock-delay 0 --kill-grace 3` the lock counts as lost 6 s after a
+/// renewal, renewals go out every 5 s, and the check only asks that TTL/2 + a 1 s retry fit:
+/// a renewal that takes 1.5 s (well under its own 3.3 s timeout) already ends in a false
+/// "lock lost" (exit 101) after 6 s. The check (or the renew schedule) ignores the renew
+/// request's own duration and timeout.
+#[test]
+fn accepted_settings_survive_a_slow_but_healthy_renewal() {
+    let consul = TestConsul::start_dev_server(&["--test-faults"]);
+    let key = consul.unique_key("slow-renew");
+    consul.faults(serde_json::json!({"delay_ms": 1500, "path_prefix": "/v1/session/renew/"}));
+    let output = run({
+        let mut command = consul.command();
+        command.args([
+            "execute",
+            "--session-ttl",
+            "10",
+            "--lock-delay",
+            "0",
+            "--kill-grace",
+            "3",
+            &key,
+            "--",
+            "sleep",
+            "9",
+        ]);
+        command
+    });
+    consul.clear_faults();
+    assert_eq!(
+        code(&output),
+        0,
+        "a renewal 1.5 s slow lost the lock: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// When the contact window has already run out by the time the lock is acquired (renewals
+/// failed while waiting), the command is not started (right), but consullock says "the
+/// command was stopped", which did not happen: it never ran (`Outcome::LockLost { child: None
+/// }` is reported like a stop in `cli/execute.rs`).
+#[test]
+fn a_command_that_never_started_is_not_reported_as_stopped() {
+    let consul = TestConsul::start_dev_server(&["--test-faults"]);
+    let key = consul.unique_key("never-started");
+    let scratch = Scratch::new("never-started");
+    let ran = scratch.path("ran");
+    let held = run({
+        let mut command = consul.command();
+        command.args(["lock", &key]);
+        command
+    });
+    assert_eq!(code(&held), 0, "{held:?}");
+    let mut command = consul.command();
+    command.args([
+        "execute",
+        "--session-ttl",
+        "10",
+        "--lock-delay",
+        "5",
+        "--kill-grace",
+        "1",
+        &key,
+        "--",
+        "touch",
+        ran.to_str().unwrap(),
+    ]);
+    let mut running = Running::start(command, false);
+    wait_until(HANDSHAKE, "the waiter's session", || {
+        running.assert_running("before its session existed");
+        consul.sessions_of(&key).len() == 2
+    });
+    consul.faults(serde_json::json!({"no_leader_ms": 60_000, "path_prefix": "/v1/session/renew/"}));
+    // The renew bound is 13 s after the creation; free the lock after it.
+    std::thread::sleep(Duration::from_secs(15));
+    let unlocked = run({
+        let mut command = consul.command();
+        command.args(["unlock", &key]);
+        command
+    });
+    assert_eq!(code(&unlocked), 0, "{unlocked:?}");
+    let exit = running.wait(EXIT);
+    consul.clear_faults();
+    let stderr = running.stderr();
+    assert!(!ran.exists(), "the command ran: {stderr}");
+    assert_eq!(exit, 101, "{stderr}");
+    assert!(
+        !stderr.contains("the command was stopped"),
+        "claims a stop of a command that never ran: {stderr}"
+    );
+}
+
+/// `unlock` decides from the key's value alone that a held key is a consullock lock, then
+/// destroys the session that holds it, and with it every other key that session holds. A
+/// consullock lock's value always names its holder: a value that names another session than
+/// the key's holder is not one of our locks, and its session (here another program's, which
+/// also holds that program's leader key) must be left alone.
+#[test]
+fn unlock_leaves_alone_a_session_that_is_not_the_one_its_lock_value_names() {
+    let consul = TestConsul::start();
+    let base = consul.unique_key("foreign-session");
+    let session = consul
+        .put(
+            "/v1/session/create",
+            br#"{"Name":"other-program","TTL":"60s"}"#,
+        )
+        .json()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let leader = format!("{base}/leader");
+    let lookalike = format!("{base}/lookalike");
+    let put = |key: &str, value: &str| {
+        consul
+            .put(&format!("/v1/kv/{key}?acquire={session}"), value.as_bytes())
+            .text()
+    };
+    assert_eq!(put(&leader, "leader=me"), "true");
+    let value = crate::support::lock_value(&lookalike, "6ad662de-6e0c-8e0f-d92c-5fface60c49b");
+    assert_eq!(put(&lookalike, &value), "true");
+    let output = run({
+        let mut command = consul.command();
+        command.args(["unlock", "-r", &format!("{base}/.*")]);
+        command
+    });
+    assert_eq!(
+        consul.holder(&leader).as_deref(),
+        Some(session.as_str()),
+        "{output:?}"
+    );
+    consul.destroy_session(&session);
+    consul.delete(&format!("/v1/kv/{base}?recurse"));
+}
+
+/// "its session ends by itself by T at the latest" counts from the last renewal whose *answer*
+/// arrived; a renewal that Consul carried out but whose answer was late (a timeout here)
+/// pushed the session's end further. At T + 1 s the lock is still held.
+#[test]
+fn the_not_released_line_does_not_understate_when_the_lock_ends() {
+    let consul = TestConsul::start_dev_server(&["--test-faults"]);
+    let proxy = Proxy::start(&consul.addr());
+    let key = consul.unique_key("expiry-line");
+    let scratch = Scratch::new("expiry-line");
+    let (started, go) = (scratch.path("started"), scratch.path("go"));
+    let mut command = consul.command();
+    command
+        .env("CONSUL_HTTP_ADDR", format!("http://{}", proxy.addr()))
+        .args([
+            "execute",
+            "--ttl-only",
+            "--session-ttl",
+            "10",
+            "--lock-delay",
+            "1",
+            "--kill-grace",
+            "0",
+            &key,
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done",
+            started.display(),
+            go.display()
+        ));
+    let mut running = Running::start(command, false);
+    wait_until(HANDSHAKE, "the command to start", || {
+        running.assert_running("before the command started");
+        started.exists()
+    });
+    // The renewal at TTL/2 is carried out at once, its answer comes after the renew timeout.
+    consul
+        .faults(serde_json::json!({"answer_delay_ms": 6000, "path_prefix": "/v1/session/renew/"}));
+    wait_until(Duration::from_secs(15), "a renewal", || {
+        consul.get("/_devserver/faults").json()["injected"]["delayed"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    proxy.set_mode(Mode::Blackhole);
+    std::fs::write(&go, b"").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    running.signal(Signal::SIGTERM);
+    let _ = running.wait(EXIT);
+    let stderr = running.stderr();
+    let claimed = stderr
+        .split("by itself by ")
+        .nth(1)
+        .and_then(|rest| rest.split(" UTC").next())
+        .unwrap_or_else(|| panic!("no expiry in {stderr:?}"))
+        .to_string();
+    let claimed = humantime::parse_rfc3339_weak(&claimed).unwrap();
+    consul.clear_faults();
+    proxy.set_mode(Mode::Pass);
+    while std::time::SystemTime::now() < claimed + Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        consul.holder(&key),
+        None,
+        "still held after the time the line gave ({stderr})"
+    );
+}
