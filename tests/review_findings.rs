@@ -726,3 +726,68 @@ fn the_not_released_line_does_not_understate_when_the_lock_ends() {
         "still held after the time the line gave ({stderr})"
     );
 }
+
+/// consullock stopped (SIGSTOP, a debugger, a frozen cgroup) longer than its session lives:
+/// its kill switch is a thread of the stopped process, so nothing stops the command, which is
+/// in a group of its own and keeps running; the session expires, and the next holder runs
+/// beside it until consullock is continued. README mentions that a stopped consullock "stops
+/// its command as soon as it runs again", but the promise is broken meanwhile. The keeper is
+/// a separate process that is not stopped: given the deadline (e.g. in a shared page that the
+/// engine updates), it could enforce it.
+#[test]
+fn a_stopped_consullock_does_not_leave_its_command_running_without_the_lock() {
+    let consul = TestConsul::start();
+    let key = consul.unique_key("sigstop");
+    let scratch = Scratch::new("sigstop");
+    let pid_file = scratch.path("pid");
+    let verdict = scratch.path("verdict");
+    let mut a = consul.command();
+    a.args([
+        "execute",
+        "--session-ttl",
+        "10",
+        "--lock-delay",
+        "3",
+        "--kill-grace",
+        "1",
+        &key,
+        "--",
+        "sh",
+        "-c",
+        r#"echo $$ > "$1.tmp"; mv "$1.tmp" "$1"; exec sleep 60"#,
+        "sh",
+        pid_file.to_str().unwrap(),
+    ]);
+    let mut a = Running::start(a, false);
+    wait_until(HANDSHAKE, "A's command to start", || {
+        a.assert_running("before A's command started");
+        !scratch.read("pid").is_empty()
+    });
+    let a_pid: i32 = scratch.read("pid").trim().parse().unwrap();
+    a.signal(Signal::SIGSTOP);
+    let b = run({
+        let mut command = consul.command();
+        command.args([
+            "execute",
+            "--timeout",
+            "45",
+            &key,
+            "--",
+            "sh",
+            "-c",
+            r#"if kill -0 "$1" 2>/dev/null; then echo OVERLAP > "$2"; else echo CLEAN > "$2"; fi"#,
+            "sh",
+            &a_pid.to_string(),
+            verdict.to_str().unwrap(),
+        ]);
+        command
+    });
+    a.signal(Signal::SIGCONT);
+    let _ = a.wait(EXIT);
+    assert_eq!(code(&b), 0, "{b:?}");
+    assert_eq!(
+        scratch.read("verdict").trim(),
+        "CLEAN",
+        "B's command ran while A's command ran on under a stopped consullock"
+    );
+}
