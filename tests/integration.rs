@@ -15,6 +15,7 @@ mod library;
 mod lock;
 mod promise;
 mod proxy;
+mod review_findings;
 mod round_trips;
 mod safety;
 mod support;
