@@ -1717,6 +1717,117 @@ fn devserver_stats(_: &TestConsul) {
     );
 }
 
+/// Needs `/_devserver/stats`: each request is counted once more in `requests` and once in
+/// exactly one kind, by what it would cost on a real cluster (a Raft write, a consistent read,
+/// or neither); blocking reads are also counted apart, by consistency.
+fn devserver_stats_by_kind(_: &TestConsul) {
+    const NAMES: [&str; 6] = [
+        "requests",
+        "writes",
+        "consistent_reads",
+        "other",
+        "consistent_blocking_reads",
+        "other_blocking_reads",
+    ];
+    let c = TestConsul::start_dev_server(&[]);
+    let counters = || {
+        let stats = c.dev_stats().unwrap();
+        NAMES.map(|name| {
+            stats[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {name} in {stats}"))
+        })
+    };
+    // What one request added to each counter, in the order of NAMES.
+    let added = |send: &dyn Fn() -> Response| {
+        let before = counters();
+        let r = send();
+        let after = counters();
+        (
+            r,
+            std::array::from_fn::<u64, 6, _>(|i| after[i] - before[i]),
+        )
+    };
+    const WRITE: [u64; 6] = [1, 1, 0, 0, 0, 0];
+    const CONSISTENT: [u64; 6] = [1, 0, 1, 0, 0, 0];
+    const OTHER: [u64; 6] = [1, 0, 0, 1, 0, 0];
+    const CONSISTENT_BLOCKING: [u64; 6] = [1, 0, 1, 0, 1, 0];
+    const OTHER_BLOCKING: [u64; 6] = [1, 0, 0, 1, 0, 1];
+    let check = |what: &str, expected: [u64; 6], send: &dyn Fn() -> Response| {
+        let (r, counted) = added(send);
+        assert_eq!(counted, expected, "{what} ({} {})", r.status, r.text());
+        r
+    };
+
+    let r = check("session create", WRITE, &|| {
+        c.put("/v1/session/create", b"")
+    });
+    let id = r.json()["ID"].as_str().unwrap().to_string();
+    check("KV put", WRITE, &|| c.put("/v1/kv/k", b"v"));
+    check("KV put ?acquire", WRITE, &|| {
+        c.put(&format!("/v1/kv/k?acquire={id}"), b"v")
+    });
+    let r = check("a failed cas", WRITE, &|| c.put("/v1/kv/k?cas=1", b"v"));
+    assert_eq!(r.json(), json!(false));
+    let r = check("KV get", OTHER, &|| c.get("/v1/kv/k"));
+    let index = r.index();
+    check("KV get ?stale", OTHER, &|| c.get("/v1/kv/k?stale"));
+    check("KV get ?consistent", CONSISTENT, &|| {
+        c.get("/v1/kv/k?consistent")
+    });
+    check("a blocking read", OTHER_BLOCKING, &|| {
+        c.get(&format!("/v1/kv/k?index={index}&wait=10ms"))
+    });
+    check("a consistent blocking read", CONSISTENT_BLOCKING, &|| {
+        c.get(&format!("/v1/kv/k?index={index}&wait=10ms&consistent"))
+    });
+    check("session renew", OTHER, &|| {
+        c.put(&format!("/v1/session/renew/{id}"), b"")
+    });
+    check("session info ?consistent", CONSISTENT, &|| {
+        c.get(&format!("/v1/session/info/{id}?consistent"))
+    });
+    check("agent self", OTHER, &|| c.get("/v1/agent/self"));
+    check("status leader", OTHER, &|| c.get("/v1/status/leader"));
+    let get = json!([{"KV": {"Verb": "get", "Key": "k"}}]).to_string();
+    check("a read-only txn", OTHER, &|| {
+        c.put("/v1/txn", get.as_bytes())
+    });
+    check("a read-only txn ?consistent", CONSISTENT, &|| {
+        c.put("/v1/txn?consistent", get.as_bytes())
+    });
+    // One write verb makes the whole transaction a Raft write, even if it fails.
+    let get_then_unlock = json!([
+        {"KV": {"Verb": "get", "Key": "k"}},
+        {"KV": {"Verb": "unlock", "Key": "k", "Session": fake_uuid()}},
+    ])
+    .to_string();
+    let r = check("a txn with a write verb", WRITE, &|| {
+        c.put("/v1/txn?consistent", get_then_unlock.as_bytes())
+    });
+    assert_eq!(r.status, 409, "{}", r.text());
+    check("a txn body that does not decode", OTHER, &|| {
+        c.put("/v1/txn", b"{")
+    });
+    check("KV put ?release", WRITE, &|| {
+        c.put(&format!("/v1/kv/k?release={id}"), b"v")
+    });
+    check("KV delete", WRITE, &|| c.delete("/v1/kv/k"));
+    check("session destroy", WRITE, &|| {
+        c.put(&format!("/v1/session/destroy/{id}"), b"")
+    });
+    // Refused before it is read: no Raft write happens.
+    let r = check("an unclean path", OTHER, &|| c.put("/v1/kv/../kv/k", b"v"));
+    assert_eq!(r.status, 301);
+
+    let [requests, writes, consistent, other, ..] = counters();
+    assert_eq!(
+        requests,
+        writes + consistent + other,
+        "one kind per request"
+    );
+}
+
 /// Needs the dev server's start-up line.
 fn devserver_startup_line(_: &TestConsul) {
     let c = TestConsul::start_dev_server(&[]);
@@ -1930,6 +2041,7 @@ cases![
     txn_node_get,
     devserver_acl_token,
     devserver_stats,
+    devserver_stats_by_kind,
     devserver_startup_line,
     devserver_verbose_log_redacts_tokens,
     devserver_node_name,

@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::watch::Watch;
-use super::{Shared, duration, faults, router, txn};
+use super::{Shared, duration, faults, router, stats, txn};
 
 /// Response body type of every answer.
 pub(crate) type Body = Full<Bytes>;
@@ -531,9 +530,9 @@ pub(crate) async fn handle(
     let (parts, body) = request.into_parts();
     let logged = shared.verbose.then(|| redacted(&parts.uri));
     let path = decode_path(parts.uri.path());
-    if !path.starts_with("/_devserver/") {
-        shared.requests.fetch_add(1, Ordering::Relaxed);
-    }
+    // Counted now, so a blocking query is seen as soon as it arrives; a request refused before
+    // it reaches `answer` is counted as `other` when the tally drops at the end.
+    let tally = shared.stats.arrived(&path);
     // Taken now: `path` moves into the answer, and the delay comes after it.
     let answer_delay = shared
         .faults
@@ -548,6 +547,7 @@ pub(crate) async fn handle(
             None => {
                 answer(
                     &shared,
+                    tally,
                     parts.method.clone(),
                     path,
                     &parts.uri,
@@ -771,9 +771,11 @@ fn body_limit(method: &Method, path: &str) -> (u64, fn(Option<u64>) -> Failure) 
 }
 
 /// Reads the body (refused on its declared length before reading, and read within
-/// [`Options::body_read_timeout`](super::Options::body_read_timeout)) and routes the request.
+/// [`Options::body_read_timeout`](super::Options::body_read_timeout)), counts the request by
+/// kind, and routes it.
 async fn answer(
     shared: &Arc<Shared>,
+    tally: stats::Tally<'_>,
     method: Method,
     path: String,
     uri: &hyper::Uri,
@@ -818,6 +820,7 @@ async fn answer(
         headers,
         body: collected.to_bytes(),
     };
+    tally.classify(&call);
     router::route(shared, &call).await.unwrap_or_else(failure)
 }
 

@@ -14,9 +14,10 @@
 //! path, `http` holds the plumbing every endpoint shares (query options, ACL gate, blocking
 //! queries, headers, the request log), `kv`, `session` and `txn` are the endpoints, `watch`
 //! wakes blocking queries when what they watch changes, `state` is the store (pure, clock passed
-//! in) and `duration` reproduces Go durations. This module holds the settings and the state
-//! every connection shares, the TTL and tombstone timer task, and the two ways to run a server
-//! ([`serve`] until its shutdown future completes, [`DevServer`] in-process). `faults` holds the test-only HTTP faults
+//! in), `duration` reproduces Go durations and `stats` counts requests by kind for
+//! `/_devserver/stats`. This module holds the settings and the state every connection shares,
+//! the TTL and tombstone timer task, and the two ways to run a server ([`serve`] until its
+//! shutdown future completes, [`DevServer`] in-process). `faults` holds the test-only HTTP faults
 //! (hidden `--test-faults` option, control endpoint `/_devserver/faults`).
 
 mod duration;
@@ -27,11 +28,11 @@ mod router;
 mod server;
 mod session;
 mod state;
+mod stats;
 mod txn;
 mod watch;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -119,8 +120,8 @@ pub(crate) struct Shared {
     pub(crate) node: String,
     /// The node's ID, a random UUID like a dev agent's.
     pub(crate) node_id: String,
-    /// HTTP requests served, excluding `/_devserver/*`.
-    pub(crate) requests: AtomicU64,
+    /// Requests served, excluding `/_devserver/*`, in all and by kind (see [`stats`]).
+    pub(crate) stats: stats::Counters,
     /// Test-only faults, when enabled.
     pub(crate) faults: Option<faults::Faults>,
     pub(crate) options: Options,
@@ -140,7 +141,7 @@ impl Shared {
             verbose: options.verbose > 0,
             node,
             node_id: uuid::Uuid::new_v4().to_string(),
-            requests: AtomicU64::new(0),
+            stats: stats::Counters::default(),
             faults: options.test_faults.then(faults::Faults::default),
             options: options.clone(),
             connections: Mutex::default(),

@@ -51,15 +51,18 @@ pub(crate) async fn route(shared: &Arc<Shared>, call: &Call) -> Outcome {
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
                 .sum();
-            Ok(json(&serde_json::json!({
-                "requests": shared.requests.load(Ordering::Relaxed),
+            let mut stats = serde_json::json!({
                 "sessions": sessions,
                 "keys": keys,
                 "tombstones": tombstones,
                 "connections": connections,
                 "blocking_queries": shared.watchers.waiting(),
                 "wakeups": shared.watchers.wakeups.load(Ordering::Relaxed),
-            })))
+            });
+            if let Some(stats) = stats.as_object_mut() {
+                stats.extend(shared.stats.json());
+            }
+            Ok(json(&stats))
         }
         "/_devserver/faults" if shared.faults.is_some() => fault_control(shared, call),
         _ => Err(Failure::new(StatusCode::NOT_FOUND, "404 page not found")),

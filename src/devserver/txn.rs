@@ -298,6 +298,12 @@ fn node_json(shared: &Shared) -> Value {
     })
 }
 
+/// Whether a transaction body holds a write verb, so that Consul would commit it through Raft
+/// (for `/_devserver/stats`); a body that does not decode applies nothing.
+pub(crate) fn writes(body: &[u8]) -> bool {
+    decode(body).is_ok_and(|ops| ops.iter().any(Op::writes))
+}
+
 /// Handles `/v1/txn`.
 pub(crate) fn endpoint(shared: &Shared, call: &Call) -> Outcome {
     require_method(call, &[Method::PUT])?;
