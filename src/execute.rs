@@ -120,9 +120,18 @@ pub async fn execute_locked(
     // After a loss the key is gone or someone else's, or Consul is out of reach: a release
     // would only answer `false` or hang for its deadline. Destroying the session is all that is
     // left to do (it is a no-op when Consul already invalidated it).
+    // Signals that came with the command's end (a service manager signals the whole group:
+    // TERM, then HUP) are not a request to skip the release: only a TERM or INT that arrives
+    // once the release has begun ends it.
+    signals.drain();
     let stop = async {
-        let signal = wait_for_stop_request(signals).await;
-        tracing::debug!("{signal} received: the release ends now");
+        loop {
+            let signal = signals.recv().await;
+            if signal.is_stop_request() {
+                tracing::debug!("{signal} received: the release ends now");
+                return;
+            }
+        }
     };
     let release = if loss.is_some() {
         held.abandon(stop).await

@@ -163,9 +163,16 @@ pub struct ContactWindow {
     /// expiry then sets the lock-delay.
     pub since_renew: Option<Duration>,
     /// Limit on the time since the last confirmation of any kind (renew, acquisition, or a
-    /// consistent read showing the lock still ours), for sessions with node checks: a check may
-    /// invalidate the session at any moment after it, and then only the lock-delay protects.
+    /// consistent read showing the lock still ours): the session may be invalidated at any
+    /// moment after it (a failed node check, an operator's destroy, `consullock unlock`), and
+    /// then only the lock-delay protects. `None` without a lock-delay.
     pub since_confirmation: Option<Duration>,
+    /// How often the session is renewed: TTL/2, or sooner when the window is tight, so that a
+    /// renewal as slow as its own deadline, and a retry, still land within the window.
+    pub renew_every: Option<Duration>,
+    /// The deadline of one renew request: [`renew_timeout`], or a third of the window when
+    /// that is shorter.
+    pub renew_timeout: Option<Duration>,
 }
 
 impl ContactWindow {
@@ -185,9 +192,8 @@ impl ContactWindow {
 
 /// The [`ContactWindow`] of a session with `settings` whose holder needs `kill_grace` to stop
 /// its child, keeping [`SAFETY_MARGIN`] in hand. Returns an error, naming what to change, when
-/// the grace and the margin do not fit in a bound, or when the renewals (every TTL/2) cannot
-/// keep the lock within its window on a healthy Consul: such settings could only end in a false
-/// "lock lost".
+/// the grace and the margin do not fit in a bound, or when the renewals cannot keep the lock
+/// within its window on a healthy Consul: such settings could only end in a false "lock lost".
 pub fn contact_window(
     settings: &SessionSettings,
     kill_grace: Duration,
@@ -197,51 +203,74 @@ pub fn contact_window(
     let fit = |bound: Duration, what: &str, change: &str| {
         if bound <= needed {
             Err(format!(
-                "the kill grace ({kill_grace:?}) plus a {SAFETY_MARGIN:?} margin does not fit before                  another holder could get the lock ({bound:?} after {what}): {change}"
+                "the kill grace ({kill_grace:?}) plus a {SAFETY_MARGIN:?} margin does not fit \
+                 before another holder could get the lock ({bound:?} after {what}): {change}"
             ))
         } else {
             Ok(bound - needed)
         }
     };
     let since_renew = match settings.ttl.filter(|t| !t.is_zero()) {
-        Some(ttl) => {
-            let window = fit(
-                ttl + lock_delay,
-                "the last renewal",
-                "lower --kill-grace, or raise --session-ttl or --lock-delay",
-            )?;
-            // A renewal is sent TTL/2 after the last one; one failed renewal is retried after
-            // RETRY_INTERVAL. Both must fit, or a healthy lock is declared lost.
-            let renewal = ttl / 2 + RETRY_INTERVAL;
-            if window < renewal {
-                return Err(format!(
-                    "the session is renewed every {:?} (TTL/2), but with this kill grace and                      lock-delay the lock counts as lost {window:?} after a renewal, which leaves                      no room for one failed renewal: raise --session-ttl or --lock-delay, or                      lower --kill-grace",
-                    ttl / 2
-                ));
-            }
-            Some(window)
-        }
+        Some(ttl) => Some(fit(
+            ttl + lock_delay,
+            "the last renewal",
+            "lower --kill-grace, or raise --session-ttl or --lock-delay",
+        )?),
         None => None,
     };
-    let since_confirmation = if !settings.ttl_only && !lock_delay.is_zero() {
-        Some(fit(
-            lock_delay,
-            "a node check could invalidate the session",
-            "lower --kill-grace, raise --lock-delay, or use --ttl-only",
-        )?)
-    } else {
+    // Any session can be invalidated at any moment, by a failed node check (unless TTL-only),
+    // an operator's destroy or `consullock unlock`: then only the lock-delay protects.
+    let since_confirmation = if lock_delay.is_zero() {
         None
+    } else {
+        let change = if settings.ttl_only {
+            "lower --kill-grace or raise --lock-delay"
+        } else {
+            "lower --kill-grace, raise --lock-delay, or use --ttl-only"
+        };
+        Some(fit(lock_delay, "the session could be invalidated", change)?)
     };
-    Ok(ContactWindow {
+    let mut window = ContactWindow {
         since_renew,
         since_confirmation,
-    })
+        renew_every: None,
+        renew_timeout: None,
+    };
+    if let (Some(ttl), Some(shortest)) = (settings.ttl.filter(|t| !t.is_zero()), window.shortest())
+    {
+        // A renewal is what confirms the lock, so it must be able to take its whole deadline,
+        // fail, and be retried once, all within the shorter bound: renew at TTL/2, or sooner
+        // when the window is tight, never more often than once a second. (A renew is a read on
+        // Consul's leader that resets the session's timer, not a Raft write.)
+        let timeout = renew_timeout(ttl).min(shortest / 3);
+        let every = (ttl / 2).min(shortest.saturating_sub(timeout + RETRY_INTERVAL));
+        if every < MIN_RENEW_INTERVAL {
+            return Err(format!(
+                "with this kill grace and lock-delay the lock counts as lost {shortest:?} \
+                 after its last confirmation, which leaves no room to renew it (a renewal may \
+                 take {timeout:?}, and a retry waits {RETRY_INTERVAL:?}): raise --lock-delay \
+                 or --session-ttl, or lower --kill-grace"
+            ));
+        }
+        window.renew_every = Some(every);
+        window.renew_timeout = Some(timeout);
+    }
+    Ok(window)
+}
+
+/// The least time between two renewals, however tight the window.
+pub const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The deadline of one renew request: a third of the TTL, at most [`MAX_RENEW_TIMEOUT`], so a
+/// hung request leaves time for retries while the session can still be saved.
+pub fn renew_timeout(ttl: Duration) -> Duration {
+    (ttl / 3).min(MAX_RENEW_TIMEOUT)
 }
 
 /// Why settings that [`contact_window`] accepts can still let another holder in while the
-/// command is being stopped, if any: a session destroyed by force (`consullock unlock`, or a
-/// failed node check) frees the lock after its lock-delay, and the command may need up to
-/// `kill_grace` plus the margin to stop once the loss is seen.
+/// command is being stopped, if any: a session destroyed by force (`consullock unlock`, an
+/// operator, or a failed node check) frees the lock after its lock-delay, and the command may
+/// need up to `kill_grace` plus the margin to stop once the loss is seen.
 pub fn forced_release_risk(settings: &SessionSettings, kill_grace: Duration) -> Option<String> {
     let lock_delay = settings.lock_delay.min(MAX_LOCK_DELAY);
     let needed = kill_grace + SAFETY_MARGIN;
@@ -249,12 +278,14 @@ pub fn forced_release_risk(settings: &SessionSettings, kill_grace: Duration) -> 
         return None;
     }
     let how = if settings.ttl_only {
-        "an unlock by force (consullock unlock)"
+        "an unlock by force (consullock unlock, an operator)"
     } else {
-        "an unlock by force (consullock unlock) or a failed node check"
+        "an unlock by force (consullock unlock, an operator) or a failed node check"
     };
     Some(format!(
-        "the lock-delay ({lock_delay:?}) is shorter than the kill grace plus a {SAFETY_MARGIN:?}          margin ({needed:?}): after {how}, another holder can get the lock while the command is          still being stopped; use --lock-delay {} or more, or a shorter --kill-grace",
+        "the lock-delay ({lock_delay:?}) is shorter than the kill grace plus a {SAFETY_MARGIN:?} \
+         margin ({needed:?}): after {how}, another holder can get the lock while the command is \
+         still being stopped; use --lock-delay {} or more, or a shorter --kill-grace",
         needed.as_secs_f64()
     ))
 }
@@ -360,6 +391,9 @@ pub(crate) struct Shared {
 struct News {
     /// Last successful renew, or the creation ([`clock::now`] when the request was sent).
     renewed: Duration,
+    /// Last renew sent, answered or not: Consul may have carried out one whose answer was lost,
+    /// which pushed the session's end further than `renewed` says.
+    renew_sent: Duration,
     /// Last confirmation of any kind (a renew, the acquisition, a read showing the lock ours).
     confirmed: Duration,
     /// The session as Consul last described it: its TTL and lock-delay decide the window.
@@ -408,17 +442,24 @@ impl Shared {
 
     /// Records a successful renew sent at `sent_at`: the TTL starts again, and the session is
     /// confirmed. `answer` is the session as the renew described it: Consul may answer a longer
-    /// TTL (asking for slower renewals), and the window must follow what the server applies.
-    pub(crate) fn renewed(&self, sent_at: Duration, answer: Option<(Option<Duration>, Duration)>) {
+    /// TTL (asking for slower renewals) or apply another lock-delay, and the window follows what
+    /// the server applies. A field the answer lacks keeps its last value: an answer can change
+    /// the window, never remove a bound from it.
+    pub(crate) fn renewed(&self, sent_at: Duration, answer: Option<RenewAnswer>) {
         let mut refused = None;
         {
             let mut news = self.news();
             news.renewed = news.renewed.max(sent_at);
             news.confirmed = news.confirmed.max(sent_at);
-            if let Some((ttl, lock_delay)) = answer {
-                let changed = ttl != news.settings.ttl || lock_delay != news.settings.lock_delay;
-                news.settings.ttl = ttl;
-                news.settings.lock_delay = lock_delay;
+            if let Some(answer) = answer {
+                let before = (news.settings.ttl, news.settings.lock_delay);
+                if let Some(ttl) = answer.ttl.filter(|t| !t.is_zero()) {
+                    news.settings.ttl = Some(ttl);
+                }
+                if let Some(lock_delay) = answer.lock_delay {
+                    news.settings.lock_delay = lock_delay;
+                }
+                let changed = before != (news.settings.ttl, news.settings.lock_delay);
                 if changed && let Some(grace) = news.kill_grace {
                     match contact_window(&news.settings, grace) {
                         Ok(window) => news.window = Some(window),
@@ -440,7 +481,36 @@ impl Shared {
         self.publish_deadline();
     }
 
+    /// Records that a renew is being sent at `sent_at`.
+    fn renew_sent(&self, sent_at: Duration) {
+        let mut news = self.news();
+        news.renew_sent = news.renew_sent.max(sent_at);
+    }
+
+    /// When to send the next renewal after one sent at `last`, for a session that asked for
+    /// `requested` as its TTL: TTL/2, or sooner when the contact window is tight (see
+    /// [`ContactWindow::renew_every`]).
+    fn next_renewal(&self, last: Duration, requested: Duration) -> Duration {
+        let news = self.news();
+        let ttl = news.settings.ttl.unwrap_or(requested);
+        let every = news
+            .window
+            .and_then(|w| w.renew_every)
+            .unwrap_or(ttl / 2)
+            .min(ttl / 2);
+        last + every
+    }
+
+    /// The deadline of the next renew, for a session that asked for `requested` as its TTL.
+    fn renew_timeout(&self, requested: Duration) -> Duration {
+        let news = self.news();
+        news.window
+            .and_then(|w| w.renew_timeout)
+            .unwrap_or_else(|| renew_timeout(news.settings.ttl.unwrap_or(requested)))
+    }
+
     /// The TTL the server applies, as last answered (the requested one until a renew says).
+    #[cfg(test)]
     fn ttl(&self) -> Option<Duration> {
         self.news().settings.ttl
     }
@@ -478,6 +548,7 @@ impl Liveness {
             shared: Arc::new(Shared {
                 news: Mutex::new(News {
                     renewed: confirmed_at,
+                    renew_sent: confirmed_at,
                     confirmed: confirmed_at,
                     settings,
                     kill_grace: None,
@@ -526,7 +597,8 @@ impl Liveness {
     /// the server applies.
     pub fn last_renewal(&self) -> (Duration, Option<Duration>) {
         let news = self.shared.news();
-        (news.renewed, news.settings.ttl)
+        // A renew whose answer never came may still have been carried out.
+        (news.renewed.max(news.renew_sent), news.settings.ttl)
     }
 
     /// A receiver that sees `Some(reason)` once the session or lock is lost.
@@ -583,24 +655,48 @@ pub async fn wait_lost(mut receiver: watch::Receiver<Option<LossReason>>) -> Los
 /// `CLOCK_MONOTONIC`, so after a suspend a renewal that is due is noticed within this.
 const RENEW_CLOCK_CHECK: Duration = Duration::from_secs(1);
 
+/// What a renew answer says about the session, when it says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RenewAnswer {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) lock_delay: Option<Duration>,
+}
+
 async fn renew_loop(client: Client, id: String, ttl: Duration, shared: Arc<Shared>) {
-    let mut ttl = ttl;
-    let mut next = clock::now() + ttl / 2;
+    // The first renewal is due counting from the creation; the window, once enforced, may call
+    // for it sooner than TTL/2, so each wait reads the schedule again.
+    let mut last_sent = shared.news().renewed;
+    let mut retry_at = None;
     loop {
-        while clock::now() < next {
-            tokio::time::sleep((next - clock::now()).min(RENEW_CLOCK_CHECK)).await;
+        loop {
+            let due = retry_at.unwrap_or_else(|| shared.next_renewal(last_sent, ttl));
+            let now = clock::now();
+            if now >= due {
+                break;
+            }
+            tokio::time::sleep((due - now).min(RENEW_CLOCK_CHECK)).await;
         }
-        let timeout = (ttl / 3).min(MAX_RENEW_TIMEOUT);
+        let timeout = shared.renew_timeout(ttl);
         let sent_at = clock::now();
+        shared.renew_sent(sent_at);
         match client.session_renew(&id, timeout).await {
-            Ok(entry) => {
-                let answered_ttl = parse_go_duration(&entry.ttl).filter(|t| !t.is_zero());
-                let answered_delay = Duration::from_nanos(entry.lock_delay_ns);
-                shared.renewed(sent_at, Some((answered_ttl, answered_delay)));
-                // The server may answer a longer TTL to ask for slower renewals.
-                ttl = shared.ttl().unwrap_or(ttl);
+            Ok(entry) if entry.id == id => {
+                let answer = RenewAnswer {
+                    ttl: parse_go_duration(&entry.ttl),
+                    lock_delay: entry.lock_delay_ns.map(Duration::from_nanos),
+                };
+                shared.renewed(sent_at, Some(answer));
                 tracing::trace!(session = %id, "session renewed");
-                next = sent_at + ttl / 2;
+                last_sent = sent_at;
+                retry_at = None;
+            }
+            Ok(entry) => {
+                tracing::warn!(
+                    session = %id,
+                    "renew answered for another session ({:?}); retrying in {RETRY_INTERVAL:?}",
+                    entry.id
+                );
+                retry_at = Some(clock::now() + RETRY_INTERVAL);
             }
             Err(ConsulError::NotFound { .. }) => {
                 shared.declare_lost(LossReason::SessionInvalidated);
@@ -608,7 +704,7 @@ async fn renew_loop(client: Client, id: String, ttl: Duration, shared: Arc<Share
             }
             Err(e) => {
                 tracing::warn!(session = %id, "renew failed, retrying in {RETRY_INTERVAL:?}: {e}");
-                next = clock::now() + RETRY_INTERVAL;
+                retry_at = Some(clock::now() + RETRY_INTERVAL);
             }
         }
     }
@@ -709,10 +805,22 @@ mod tests {
         }
     }
 
+    /// A window with these bounds, renewed every `every` s (or TTL/2 = 7.5 s by default).
     fn window(renew: Option<u64>, confirmation: Option<u64>) -> ContactWindow {
+        window_renewing(renew, confirmation, None)
+    }
+
+    /// A window whose renewals come every `every_ms` with a deadline of `timeout_ms`.
+    fn window_renewing(
+        renew: Option<u64>,
+        confirmation: Option<u64>,
+        renewal: Option<(u64, u64)>,
+    ) -> ContactWindow {
         ContactWindow {
             since_renew: renew.map(Duration::from_secs),
             since_confirmation: confirmation.map(Duration::from_secs),
+            renew_every: renewal.map(|(every, _)| Duration::from_millis(every)),
+            renew_timeout: renewal.map(|(_, timeout)| Duration::from_millis(timeout)),
         }
     }
 
@@ -720,15 +828,33 @@ mod tests {
     fn contact_window_for_defaults() {
         let grace = Duration::from_secs(5);
         // Node checks: renew bound TTL + lock-delay - 5 - 1; confirmation bound 15 - 5 - 1.
+        // Renewals every 5 s with a 3 s deadline: one that times out and its retry still land
+        // within the 9 s.
         let defaults = contact_window(&settings(15, 15, false), grace);
-        assert_eq!(defaults, Ok(window(Some(24), Some(9))));
+        assert_eq!(
+            defaults,
+            Ok(window_renewing(Some(24), Some(9), Some((5000, 3000))))
+        );
         assert_eq!(defaults.unwrap().shortest(), Some(Duration::from_secs(9)));
-        // TTL-only: only the renew bound.
+        // TTL-only: an unlock by force can still invalidate the session at any moment, so the
+        // confirmation bound stays.
         let ttl_only = contact_window(&settings(15, 15, true), grace);
-        assert_eq!(ttl_only, Ok(window(Some(24), None)));
-        // No lock-delay: only the TTL bounds it.
+        assert_eq!(
+            ttl_only,
+            Ok(window_renewing(Some(24), Some(9), Some((5000, 3000))))
+        );
+        // No lock-delay: only the TTL bounds it, the same way.
         let no_delay = contact_window(&settings(15, 0, false), grace);
-        assert_eq!(no_delay, Ok(window(Some(9), None)));
+        assert_eq!(
+            no_delay,
+            Ok(window_renewing(Some(9), None, Some((5000, 3000))))
+        );
+        // A roomy window renews at TTL/2 with the full deadline.
+        let roomy = contact_window(&settings(30, 60, false), grace);
+        assert_eq!(
+            roomy,
+            Ok(window_renewing(Some(84), Some(54), Some((15000, 5000))))
+        );
         // Lock-delay is capped at 60 s by Consul.
         let no_ttl = contact_window(&settings(0, 120, false), grace);
         assert_eq!(no_ttl, Ok(window(None, Some(54))));
@@ -779,7 +905,7 @@ mod tests {
         {
             let mut news = liveness.shared.news();
             news.kill_grace = Some(secs(5));
-            news.window = Some(window(Some(24), Some(9)));
+            news.window = contact_window(&news.settings, secs(5)).ok();
         }
         liveness
     }
@@ -813,31 +939,58 @@ mod tests {
         assert_eq!(liveness.deadline().at(), Some(secs(17)));
     }
 
+    fn answer(ttl: Option<u64>, lock_delay: Option<u64>) -> RenewAnswer {
+        RenewAnswer {
+            ttl: ttl.map(secs),
+            lock_delay: lock_delay.map(secs),
+        }
+    }
+
+    #[test]
+    fn an_answer_without_ttl_or_lock_delay_keeps_the_window() {
+        let liveness = defaults_at_zero();
+        liveness.shared.renewed(secs(1), Some(answer(None, None)));
+        assert_eq!(liveness.shared.ttl(), Some(secs(15)));
+        assert_eq!(
+            liveness.shared.news().window,
+            Some(window_renewing(Some(24), Some(9), Some((5000, 3000))))
+        );
+        liveness
+            .shared
+            .renewed(secs(2), Some(answer(Some(0), None)));
+        assert_eq!(
+            liveness.shared.ttl(),
+            Some(secs(15)),
+            "0s is no TTL: ignored"
+        );
+        assert_eq!(liveness.deadline().at(), Some(secs(11)));
+    }
+
     #[test]
     fn the_window_follows_the_ttl_and_lock_delay_the_server_answers() {
         let liveness = defaults_at_zero();
         // A longer TTL (Consul asking for slower renewals): the renew bound grows with it.
         liveness
             .shared
-            .renewed(secs(1), Some((Some(secs(30)), secs(15))));
+            .renewed(secs(1), Some(answer(Some(30), Some(15))));
         assert_eq!(
             liveness.shared.news().window,
-            Some(window(Some(39), Some(9)))
+            Some(window_renewing(Some(39), Some(9), Some((5000, 3000))))
         );
         assert_eq!(liveness.shared.ttl(), Some(secs(30)));
         // A shorter lock-delay than asked for: the confirmation bound shrinks.
         liveness
             .shared
-            .renewed(secs(2), Some((Some(secs(30)), secs(10))));
+            .renewed(secs(2), Some(answer(Some(30), Some(12))));
         assert_eq!(
             liveness.shared.news().window,
-            Some(window(Some(34), Some(4)))
+            Some(window_renewing(Some(36), Some(6), Some((3000, 2000))))
         );
-        assert_eq!(liveness.deadline().at(), Some(secs(6)));
+        assert_eq!(liveness.deadline().at(), Some(secs(8)));
         // One that leaves no window at all: lost at once.
         liveness
             .shared
-            .renewed(secs(3), Some((Some(secs(30)), secs(5))));
+            .renewed(secs(3), Some(answer(Some(30), Some(5))));
         assert!(matches!(
             liveness.loss(),
             Some(LossReason::NoContact { .. })

@@ -69,6 +69,9 @@ fn a_renew_answer_without_ttl_does_not_disable_the_contact_window() {
                 &format!(r#"[{{"ID":"{SESSION}","LockDelay":5000000000,"Behavior":"delete"}}]"#),
                 8,
             )
+        } else if line.starts_with("PUT /v1/txn") {
+            // No transactions here: the client falls back to the single-key endpoints.
+            FakeServer::http("404 Not Found", &[], b"")
         } else if silent {
             // Consul goes silent right after that renewal.
             std::thread::sleep(Duration::from_secs(60));
@@ -310,8 +313,10 @@ fn a_lost_acquire_answer_does_not_make_us_wait_for_our_own_lock() {
                 ),
                 8,
             )
-        } else if line.starts_with(&format!("PUT /v1/kv/{key}?acquire=")) {
-            // Carried out; the answer never comes in time.
+        } else if line.starts_with("PUT /v1/txn")
+            || line.starts_with(&format!("PUT /v1/kv/{key}?acquire="))
+        {
+            // Carried out (as a transaction or as `?acquire`); the answer never comes in time.
             flag.store(true, Ordering::SeqCst);
             std::thread::sleep(Duration::from_secs(12));
             json_answer("true", 7)
@@ -675,7 +680,7 @@ fn the_not_released_line_does_not_understate_when_the_lock_ends() {
             "--session-ttl",
             "10",
             "--lock-delay",
-            "1",
+            "5",
             "--kill-grace",
             "0",
             &key,

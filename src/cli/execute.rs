@@ -72,13 +72,15 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
             ));
             exit::of_outcome(&executed.outcome)
         }
-        Outcome::LockLost { .. } => {
+        Outcome::LockLost { child } => {
             let reason = executed
                 .loss
                 .as_ref()
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "unknown".into());
-            let stopped = if executed.survivors.is_empty() {
+            let stopped = if child.is_none() {
+                "the command was not started".to_owned()
+            } else if executed.survivors.is_empty() {
                 "the command was stopped".to_owned()
             } else {
                 format!(

@@ -82,9 +82,9 @@ pub struct SessionEntry {
     /// The node the session belongs to.
     #[serde(rename = "Node", default)]
     pub node: String,
-    /// Lock-delay in nanoseconds.
+    /// Lock-delay in nanoseconds (`None` when the answer does not say).
     #[serde(rename = "LockDelay", default)]
-    pub lock_delay_ns: u64,
+    pub lock_delay_ns: Option<u64>,
     /// `release` or `delete`.
     #[serde(rename = "Behavior", default)]
     pub behavior: String,

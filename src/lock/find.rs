@@ -105,12 +105,17 @@ async fn unlock_found(
     found: &FoundLock,
     force: bool,
 ) -> Result<Unlocked, ConsulError> {
-    // The key's Session is the real holder; the JSON names it too for locks written by either
-    // tool.
+    // The key's Session is the real holder; a lock written by either tool names it in its JSON
+    // too. A value that names another session is not that session's lock: destroying the
+    // holder would take whatever else that session holds (another program's leader key).
     let Some(session) = found.holder.as_deref() else {
         return Ok(Unlocked::NotHeld);
     };
-    if found.info.is_none() && !force {
+    let ours = found
+        .info
+        .as_ref()
+        .is_some_and(|info| info.session == session);
+    if !ours && !force {
         return Ok(Unlocked::NotALock);
     }
     client

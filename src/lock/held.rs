@@ -130,7 +130,17 @@ impl HeldLock {
         };
         let ends = renewed + ttl? * crate::session::SESSION_TTL_MULTIPLIER;
         let from_now = ends.saturating_sub(clock::now());
-        Some(std::time::SystemTime::now() + from_now)
+        // Shown to the second: round up, never down.
+        let at = std::time::SystemTime::now() + from_now;
+        let fraction = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(Duration::ZERO, |d| {
+                Duration::from_nanos(d.subsec_nanos().into())
+            });
+        Some(match fraction.is_zero() {
+            true => at,
+            false => at + (Duration::from_secs(1) - fraction),
+        })
     }
 
     /// Releases the lock cleanly: `?release` with our session (no lock-delay for the next
@@ -290,7 +300,8 @@ pub struct ReleaseError {
 fn expiry(expires_by: &Option<std::time::SystemTime>) -> String {
     match expires_by {
         Some(at) => format!(
-            "its session ends by itself by {} UTC at the latest",
+            "its session ends by itself by {} UTC at the latest (twice its TTL after its last \
+             renewal; a change of Consul leader restarts that time)",
             humantime::format_rfc3339_seconds(*at)
                 .to_string()
                 .trim_end_matches('Z')

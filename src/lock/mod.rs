@@ -377,8 +377,10 @@ async fn create_session<C: Future<Output = ()>>(
         let result = match bounds.run(&mut create).await {
             Ok(result) => result,
             Err(interrupt) => {
-                abandon_create(create).await;
-                return Err(bounds.error(interrupt));
+                // The time waited is the time until the interrupt, not until the cleanup ends.
+                let error = bounds.error(interrupt);
+                abandon_create(create, settings.ttl.is_none()).await;
+                return Err(error);
             }
         };
         match result {
@@ -400,17 +402,26 @@ async fn create_session<C: Future<Output = ()>>(
 }
 
 /// A session-create request we stopped waiting for may still reach the server, which would then
-/// hold a session nobody knows about (for ever, without a TTL). Give it a moment to answer, and
-/// destroy what it made.
-async fn abandon_create(create: Pin<&mut impl Future<Output = Result<Session, ConsulError>>>) {
-    match tokio::time::timeout(ABANDONED_CREATE_GRACE, create).await {
+/// hold a session nobody knows about. Give it a moment to answer, and destroy what it made. A
+/// session without a TTL would live for ever: for it, wait as long as the request itself may
+/// take (its own deadline); one with a TTL ends by itself, so a short moment is enough.
+async fn abandon_create(
+    create: Pin<&mut impl Future<Output = Result<Session, ConsulError>>>,
+    no_ttl: bool,
+) {
+    let grace = if no_ttl {
+        crate::consul::DEFAULT_REQUEST_TIMEOUT
+    } else {
+        ABANDONED_CREATE_GRACE
+    };
+    match tokio::time::timeout(grace, create).await {
         Ok(Ok(session)) => {
             let _ = session.destroy().await;
         }
         Ok(Err(_)) => {}
         Err(_) => tracing::warn!(
-            "a session-create request got no answer within {ABANDONED_CREATE_GRACE:?}; if consul \
-             created that session, it is not destroyed (it ends with its TTL, if it has one)"
+            "a session-create request got no answer within {grace:?}; if consul created that \
+             session, it is not destroyed (it ends with its TTL, if it has one)"
         ),
     }
 }

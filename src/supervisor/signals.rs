@@ -158,6 +158,11 @@ impl Signals {
         (SignalSender(tx), Signals { rx, handle: None })
     }
 
+    /// Drops every signal received and not read yet.
+    pub fn drain(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+
     /// A stop request (TERM, INT, HUP, QUIT) received and not read yet, if any; every other
     /// signal received so far is dropped (there is no command yet to forward it to).
     pub fn pending_stop_request(&mut self) -> Option<Signal> {
