@@ -46,8 +46,31 @@ pub struct Deadline(Arc<Inner>);
 
 #[derive(Debug, Default)]
 struct Inner {
-    at: Mutex<Option<Duration>>,
+    state: Mutex<State>,
     changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    at: Option<Duration>,
+    mirrors: Vec<Arc<dyn Mirror>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("at", &self.at)
+            .field("mirrors", &self.mirrors.len())
+            .finish()
+    }
+}
+
+/// A copy of a [`Deadline`] kept where threads cannot reach, such as a page shared with another
+/// process. `show` runs on the thread that moves the deadline, under the deadline's lock, so a
+/// mirror never holds an older value than the deadline itself; it must not block.
+pub(crate) trait Mirror: Send + Sync {
+    /// The deadline is now `at`.
+    fn show(&self, at: Option<Duration>);
 }
 
 impl Deadline {
@@ -56,13 +79,19 @@ impl Deadline {
         Deadline::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Duration>> {
-        self.0.at.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Moves it to `at` (`None`: no limit) and wakes every waiter.
     pub fn set(&self, at: Option<Duration>) {
-        *self.lock() = at;
+        {
+            let mut state = self.lock();
+            state.at = at;
+            for mirror in &state.mirrors {
+                mirror.show(at);
+            }
+        }
         self.0.changed.notify_all();
     }
 
@@ -73,7 +102,7 @@ impl Deadline {
 
     /// When it passes, if it is set.
     pub fn at(&self) -> Option<Duration> {
-        *self.lock()
+        self.lock().at
     }
 
     /// Whether it has passed.
@@ -81,24 +110,37 @@ impl Deadline {
         self.at().is_some_and(|at| now() >= at)
     }
 
+    /// Keeps `mirror` showing this deadline, from its current value on, until
+    /// [`Deadline::remove_mirror`].
+    pub(crate) fn add_mirror(&self, mirror: Arc<dyn Mirror>) {
+        let mut state = self.lock();
+        mirror.show(state.at);
+        state.mirrors.push(mirror);
+    }
+
+    /// Stops updating `mirror`.
+    pub(crate) fn remove_mirror(&self, mirror: &Arc<dyn Mirror>) {
+        self.lock().mirrors.retain(|m| !Arc::ptr_eq(m, mirror));
+    }
+
     /// Blocks the calling thread until the deadline has passed (`true`) or `give_up` says to stop
     /// waiting (`false`, checked at least every [`MAX_SLEEP`] and whenever the deadline moves).
     pub fn wait_blocking(&self, give_up: impl Fn() -> bool) -> bool {
-        let mut at = self.lock();
+        let mut state = self.lock();
         loop {
             if give_up() {
                 return false;
             }
             let now = now();
-            let sleep = match *at {
+            let sleep = match state.at {
                 Some(deadline) if now >= deadline => return true,
                 Some(deadline) => (deadline - now).min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
-            at = self
+            state = self
                 .0
                 .changed
-                .wait_timeout(at, sleep)
+                .wait_timeout(state, sleep)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -167,6 +209,33 @@ mod tests {
         assert!(deadline.wait_blocking(|| false));
         assert!(started.elapsed() >= Duration::from_millis(140));
         assert!(deadline.has_passed());
+    }
+
+    #[test]
+    fn a_mirror_sees_every_value_from_the_current_one_until_removed() {
+        struct Seen(Mutex<Vec<Option<Duration>>>);
+        impl Mirror for Seen {
+            fn show(&self, at: Option<Duration>) {
+                self.0.lock().unwrap().push(at);
+            }
+        }
+        let deadline = Deadline::unset();
+        deadline.set(Some(Duration::from_secs(1)));
+        let seen = Arc::new(Seen(Mutex::new(Vec::new())));
+        let mirror: Arc<dyn Mirror> = seen.clone();
+        deadline.add_mirror(mirror.clone());
+        deadline.set(Some(Duration::from_secs(2)));
+        deadline.set(None);
+        deadline.remove_mirror(&mirror);
+        deadline.expire();
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                Some(Duration::from_secs(1)),
+                Some(Duration::from_secs(2)),
+                None
+            ]
+        );
     }
 
     #[test]

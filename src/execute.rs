@@ -125,13 +125,8 @@ pub async fn execute_locked(
     // once the release has begun ends it.
     signals.drain();
     let stop = async {
-        loop {
-            let signal = signals.recv().await;
-            if signal.is_stop_request() {
-                tracing::debug!("{signal} received: the release ends now");
-                return;
-            }
-        }
+        let signal = signals.next_stop_request().await;
+        tracing::debug!("{signal} received: the release ends now");
     };
     let release = if loss.is_some() {
         held.abandon(stop).await

@@ -236,20 +236,19 @@ pub fn contact_window(
         renew_every: None,
         renew_timeout: None,
     };
-    if let (Some(ttl), Some(shortest)) = (settings.ttl.filter(|t| !t.is_zero()), window.shortest())
-    {
-        // A renewal is what confirms the lock, so it must be able to take its whole deadline,
-        // fail, and be retried once, all within the shorter bound: renew at TTL/2, or sooner
-        // when the window is tight, never more often than once a second. (A renew is a read on
-        // Consul's leader that resets the session's timer, not a Raft write.)
-        let timeout = renew_timeout(ttl).min(shortest / 3);
-        let every = (ttl / 2).min(shortest.saturating_sub(timeout + RETRY_INTERVAL));
+    if let (Some(ttl), Some(bound)) = (settings.ttl.filter(|t| !t.is_zero()), since_renew) {
+        // Only a renewal pushes the TTL back, so it must be able to take its whole deadline,
+        // fail, and be retried once, all within the renew bound: renew at TTL/2, or sooner
+        // when the window is tight, never more often than once a second. (The confirmation
+        // bound is kept by the lock watch's reads, sent every third of the window.)
+        let timeout = renew_timeout(ttl).min(bound / 3);
+        let every = (ttl / 2).min(bound.saturating_sub(timeout + RETRY_INTERVAL));
         if every < MIN_RENEW_INTERVAL {
             return Err(format!(
-                "with this kill grace and lock-delay the lock counts as lost {shortest:?} \
-                 after its last confirmation, which leaves no room to renew it (a renewal may \
-                 take {timeout:?}, and a retry waits {RETRY_INTERVAL:?}): raise --lock-delay \
-                 or --session-ttl, or lower --kill-grace"
+                "with this kill grace and lock-delay the lock counts as lost {bound:?} after \
+                 its last renewal, which leaves no room to renew it (a renewal may take \
+                 {timeout:?}, and a retry waits {RETRY_INTERVAL:?}): raise --session-ttl or \
+                 --lock-delay, or lower --kill-grace"
             ));
         }
         window.renew_every = Some(every);
@@ -828,12 +827,12 @@ mod tests {
     fn contact_window_for_defaults() {
         let grace = Duration::from_secs(5);
         // Node checks: renew bound TTL + lock-delay - 5 - 1; confirmation bound 15 - 5 - 1.
-        // Renewals every 5 s with a 3 s deadline: one that times out and its retry still land
-        // within the 9 s.
+        // Renewals at TTL/2 with a 5 s deadline: one that times out and its retry land well
+        // within the 24 s.
         let defaults = contact_window(&settings(15, 15, false), grace);
         assert_eq!(
             defaults,
-            Ok(window_renewing(Some(24), Some(9), Some((5000, 3000))))
+            Ok(window_renewing(Some(24), Some(9), Some((7500, 5000))))
         );
         assert_eq!(defaults.unwrap().shortest(), Some(Duration::from_secs(9)));
         // TTL-only: an unlock by force can still invalidate the session at any moment, so the
@@ -841,9 +840,10 @@ mod tests {
         let ttl_only = contact_window(&settings(15, 15, true), grace);
         assert_eq!(
             ttl_only,
-            Ok(window_renewing(Some(24), Some(9), Some((5000, 3000))))
+            Ok(window_renewing(Some(24), Some(9), Some((7500, 5000))))
         );
-        // No lock-delay: only the TTL bounds it, the same way.
+        // No lock-delay: the renew bound is 9 s, so renewals come sooner than TTL/2, with a
+        // shorter deadline, so that one that times out and its retry land within it.
         let no_delay = contact_window(&settings(15, 0, false), grace);
         assert_eq!(
             no_delay,
@@ -953,7 +953,7 @@ mod tests {
         assert_eq!(liveness.shared.ttl(), Some(secs(15)));
         assert_eq!(
             liveness.shared.news().window,
-            Some(window_renewing(Some(24), Some(9), Some((5000, 3000))))
+            Some(window_renewing(Some(24), Some(9), Some((7500, 5000))))
         );
         liveness
             .shared
@@ -975,7 +975,7 @@ mod tests {
             .renewed(secs(1), Some(answer(Some(30), Some(15))));
         assert_eq!(
             liveness.shared.news().window,
-            Some(window_renewing(Some(39), Some(9), Some((5000, 3000))))
+            Some(window_renewing(Some(39), Some(9), Some((15000, 5000))))
         );
         assert_eq!(liveness.shared.ttl(), Some(secs(30)));
         // A shorter lock-delay than asked for: the confirmation bound shrinks.
@@ -984,7 +984,7 @@ mod tests {
             .renewed(secs(2), Some(answer(Some(30), Some(12))));
         assert_eq!(
             liveness.shared.news().window,
-            Some(window_renewing(Some(36), Some(6), Some((3000, 2000))))
+            Some(window_renewing(Some(36), Some(6), Some((15000, 5000))))
         );
         assert_eq!(liveness.deadline().at(), Some(secs(8)));
         // One that leaves no window at all: lost at once.

@@ -409,3 +409,32 @@ fn the_dev_server_log_never_shows_the_token() {
         "the dev server logged the token:\n{log}"
     );
 }
+
+/// `lock` prints the session that `unlock` needs: when nobody can read it (the reader of its
+/// stdout went away), the lock must not be left held, and the exit is an error (1), not a panic
+/// (101 is the code of a lost lock). (A closed stdout is /dev/null to a Rust program.)
+#[test]
+fn lock_leaves_nothing_held_when_its_json_cannot_be_written() {
+    let consul = TestConsul::start();
+    let bin = crate::support::consullock_bin();
+    for (case, redirect) in [("reader gone", "| true")] {
+        let key = consul.unique_key("lock-unread");
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(format!(
+            "{{ '{}' lock '{key}'; echo \"exit $?\" >&2; }} {redirect}",
+            bin.display()
+        ));
+        for (name, value) in consul.command().get_envs() {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let output = run(command);
+        let stderr = stderr(&output);
+        assert!(stderr.contains("exit 1"), "{case}: {stderr}");
+        assert!(stderr.contains("stdout"), "{case}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+        consul.assert_nothing_left(&key);
+    }
+}

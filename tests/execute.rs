@@ -450,13 +450,13 @@ fn outage_behind_a_swallowing_proxy_never_lets_two_holders_overlap() {
         "--session-ttl",
         "10",
         "--lock-delay",
-        "1",
+        "3",
         "--kill-grace",
         "1",
     ];
-    // TTL 10 s + lock-delay 1 s: nobody else can hold the lock until 11 s after A's last
+    // TTL 10 s + lock-delay 3 s: nobody else can hold the lock until 13 s after A's last
     // confirmation, which came before the blackhole.
-    let safety_deadline = Duration::from_secs(11);
+    let safety_deadline = Duration::from_secs(13);
 
     let mut a_command = execute_command(&consul, &settings);
     a_command.env("CONSUL_HTTP_ADDR", format!("http://{}", proxy.addr()));
@@ -527,7 +527,7 @@ fn a_dead_server_stops_the_holder_before_the_safety_deadline() {
             "--session-ttl",
             "10",
             "--lock-delay",
-            "1",
+            "3",
             "--kill-grace",
             "1",
         ],
@@ -560,7 +560,7 @@ fn a_dead_server_stops_the_holder_before_the_safety_deadline() {
         Duration::from_nanos((timeline(&scratch.read("timeline"))["A end"] - killed_at) as u64);
     // TTL + lock-delay after the last confirmation, which came before the kill.
     assert!(
-        stopped_after < Duration::from_secs(11),
+        stopped_after < Duration::from_secs(13),
         "stopped {stopped_after:?} after the kill"
     );
 }
@@ -703,6 +703,51 @@ fn as_pid1_it_reaps_orphans_forwards_term_and_propagates_the_exit_code() {
         1,
         "{}",
         running.stdout()
+    );
+    consul.assert_nothing_left(&key);
+}
+
+/// A PID 1 started without a /proc of its own (`unshare --pid --fork`, no `--mount-proc`) sees
+/// the host's /proc, where every host process descends from "PID 1": it must not take them for
+/// leftovers of its command (waiting the grace and 2 s more after every command, and signalling
+/// host pid numbers inside its own namespace).
+#[test]
+fn a_pid1_reading_the_hosts_proc_does_not_take_host_processes_for_its_own() {
+    let works = Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !works {
+        crate::support::skip(
+            "a_pid1_reading_the_hosts_proc_does_not_take_host_processes_for_its_own",
+            "`unshare --pid --fork` is unavailable here (needs root)",
+        );
+        return;
+    }
+    let consul = TestConsul::start();
+    let key = consul.unique_key("pid1-host-proc");
+    let consullock = crate::support::consullock_bin();
+    let mut command = Command::new("unshare");
+    command.args(["--pid", "--fork"]).arg(&consullock).args([
+        "execute",
+        "--kill-grace",
+        "2",
+        &key,
+        "exit 7",
+    ]);
+    for (name, value) in consul.command().get_envs() {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let started = std::time::Instant::now();
+    let (code, stderr) = Running::start(command, false).wait_owned();
+    let took = started.elapsed();
+    assert_eq!(code, 7, "stderr: {stderr}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "took {took:?}: {stderr}"
     );
     consul.assert_nothing_left(&key);
 }
@@ -904,13 +949,13 @@ fn as_subreaper_it_reaps_orphaned_grandchildren() {
     let child = running.ready_pid();
     // The orphans were re-parented to consullock when their shell exited; once they have
     // exited too, consullock must have reaped them: its only children left are print_signals
-    // and its keeper (a fork of consullock itself, see src/supervisor/keeper.rs).
+    // and its keeper (`lock-keeper`, see src/supervisor/keeper.rs).
     wait_until(Duration::from_secs(10), "the orphans to be reaped", || {
         let children: Vec<(i32, String)> = children_of(running.pid())
             .into_iter()
             .filter(|(pid, _)| {
                 std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|comm| comm.trim() != "consullock")
+                    .is_ok_and(|comm| comm.trim() != "lock-keeper")
             })
             .collect();
         children.len() == 1 && children[0].0 == child && children[0].1 != "Z"

@@ -207,7 +207,7 @@ fn execute_keeps_the_lock_through_brief_faults() {
             "--session-ttl",
             "10",
             "--lock-delay",
-            "1",
+            "8",
             "--kill-grace",
             "1",
             &key,

@@ -51,8 +51,9 @@ fn a_stderr_nobody_reads_never_delays_the_stop() {
         .unwrap();
     let stderr = OpenOptions::new().write(true).open(&fifo).unwrap();
     let pid_file = scratch.path("pid");
-    // TTL-only, TTL 10 s, lock-delay 1 s, grace 1 s: the lock counts as lost 9 s after the
-    // last renewal, and the session cannot expire before 10 s after it.
+    // TTL-only, TTL 10 s, lock-delay 3 s, grace 1 s: the lock counts as lost 11 s after the
+    // last renewal (the watch's reads keep confirming it meanwhile), and nobody else can have
+    // it before 13 s after it.
     let mut command = execute(
         &consul,
         &[
@@ -61,7 +62,7 @@ fn a_stderr_nobody_reads_never_delays_the_stop() {
             "--session-ttl",
             "10",
             "--lock-delay",
-            "1",
+            "3",
             "--kill-grace",
             "1",
             &key,
@@ -87,14 +88,14 @@ fn a_stderr_nobody_reads_never_delays_the_stop() {
         .faults(serde_json::json!({"no_leader_ms": 120_000, "path_prefix": "/v1/session/renew/"}));
     let faulted = Instant::now();
     // The last renewal was at most TTL/2 = 5 s before the fault: the lock counts as lost by
-    // then + 9 s, SIGKILL follows the grace (1 s), and the session cannot expire before 10 s
-    // after that renewal.
-    wait_until(Duration::from_secs(20), "the command to be stopped", || {
+    // then + 11 s, SIGKILL follows the grace (1 s), and nobody else can have the lock before
+    // 13 s after that renewal.
+    wait_until(Duration::from_secs(25), "the command to be stopped", || {
         !process_running(command_pid)
     });
     let stopped_after = faulted.elapsed();
     assert!(
-        stopped_after <= Duration::from_secs(10) + Duration::from_millis(500),
+        stopped_after <= Duration::from_secs(12) + Duration::from_millis(500),
         "the command ran {stopped_after:?} after renewals began to fail"
     );
     consul.clear_faults();
@@ -244,7 +245,7 @@ fn settings_whose_renewals_cannot_keep_the_lock_are_refused() {
             "0",
             "--ttl-only",
             "--kill-grace",
-            "8",
+            "12",
             &key,
             "sleep 12",
         ],

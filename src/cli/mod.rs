@@ -124,6 +124,15 @@ fn one_line_usage_error(error: &clap::Error) -> String {
     format!("invalid arguments: {} (see --help)", parts.join(" "))
 }
 
+/// Writes `line` and a newline to stdout and flushes it: an error, not a panic, when stdout is
+/// closed or full.
+fn print_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()
+}
+
 fn print_bytes(bytes: &[u8]) -> Result<i32, Error> {
     use std::io::Write;
     std::io::stdout().write_all(bytes)?;
@@ -304,15 +313,28 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
     .await;
     match acquired {
         Ok(held) => {
-            let fencing_token = held.fencing_token();
-            let lock_index = held.lock_index();
-            let info = held.leave_held();
-            let mut json = serde_json::to_value(&info).unwrap_or_default();
+            let mut json = serde_json::to_value(held.info()).unwrap_or_default();
             if let Some(object) = json.as_object_mut() {
-                object.insert("lockIndex".into(), lock_index.into());
-                object.insert("fencingToken".into(), fencing_token.into());
+                object.insert("lockIndex".into(), held.lock_index().into());
+                object.insert("fencingToken".into(), held.fencing_token().into());
             }
-            println!("{json}");
+            // The JSON names the session that `unlock` needs: a lock nobody learnt about
+            // (stdout closed, a full disk) is released again rather than left held.
+            if let Err(e) = print_line(&json.to_string()) {
+                let stop = async {
+                    signals.next_stop_request().await;
+                };
+                let released = held.release(stop).await;
+                let left = match released {
+                    Ok(()) => "the lock was released again".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot write the lock's JSON to stdout ({e}); {left}"),
+                )));
+            }
+            held.leave_held();
             Ok(exit::SUCCESS)
         }
         Err(error) => {

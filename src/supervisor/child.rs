@@ -81,7 +81,8 @@ pub(crate) fn prepare(
         super::keeper::report_pid(keeper_fd)?;
         if new_pid_namespace {
             // SAFETY: plain syscall with a flag argument.
-            if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+            // A mount namespace too, where the init mounts the new namespace's own /proc.
+            if unsafe { libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) } != 0 {
                 return Err(io::Error::last_os_error());
             }
         }

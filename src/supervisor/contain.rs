@@ -20,6 +20,12 @@
 //!   stops every process left in the namespace (TERM, grace, KILL) before exiting with the
 //!   command's code (128+N for a death by signal N: a PID 1 cannot die of a signal it sends
 //!   itself). It dies with the relay (PR_SET_PDEATHSIG), and with it everything in the namespace.
+//! * The relay also starts a mount namespace, where the init mounts a /proc of the new PID
+//!   namespace over the host's, as `unshare --pid --fork --mount-proc` does: the init finds the
+//!   command's processes there (the host's /proc would show it every host process, under host
+//!   pids), and the command's `ps` and `kill` see the namespace's own pids. The root is made a
+//!   slave mount first: the host's mounts still reach the command, the command's mounts (the
+//!   /proc included) stay inside.
 //!
 //! Creating a PID namespace needs `CAP_SYS_ADMIN` ([`can_contain`]).
 
@@ -163,6 +169,11 @@ pub fn relay(init: impl FnOnce() -> i32) -> std::io::Result<i32> {
 /// The init's work, as PID 1 of the new namespace: runs `command` under [`super::supervise`]
 /// (signals forwarded, everything reaped, everything left stopped when it exits).
 pub fn run_init(command: ChildCommand, kill_grace: Duration) -> std::io::Result<Outcome> {
+    if let Err(e) = mount_own_proc() {
+        // Without it, the init reaches the command's group only (see `supervise`); the
+        // kernel still kills everything in the namespace when the init exits.
+        tracing::warn!("--contain: cannot mount the namespace's own /proc: {e}");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -177,4 +188,36 @@ pub fn run_init(command: ChildCommand, kill_grace: Duration) -> std::io::Result<
             super::supervise(command, &options, &mut signals, &Deadline::unset()).await?;
         Ok(supervised.outcome)
     })
+}
+
+/// Mounts a /proc of this PID namespace on /proc, in this mount namespace only.
+fn mount_own_proc() -> std::io::Result<()> {
+    let mount = |source: &std::ffi::CStr,
+                 target: &std::ffi::CStr,
+                 kind: Option<&std::ffi::CStr>,
+                 flags: libc::c_ulong| {
+        // SAFETY: every pointer is a valid NUL-terminated string or null; the data argument is
+        // null.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                kind.map_or(std::ptr::null(), std::ffi::CStr::as_ptr),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    mount(c"none", c"/", None, libc::MS_REC | libc::MS_SLAVE)?;
+    mount(
+        c"proc",
+        c"/proc",
+        Some(c"proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    )
 }

@@ -27,9 +27,11 @@ pending ──spawn──▶ running ──stop signal, or the command exited─
 * **The stop on loss does not need this loop**: the kill switch (`kill_switch.rs`) is a thread
   that waits on the deadline alone and sends the signals itself. This loop only waits for the
   processes to be gone.
-* **consullock dying does not orphan the command**: the keeper (`keeper.rs`), a tiny process
-  forked before the command, SIGKILLs the command's group when consullock dies, SIGKILL
-  included. The command itself also gets PR_SET_PDEATHSIG.
+* **consullock dying or stopping does not orphan the command**: the keeper (`keeper.rs`), a
+  tiny process forked before the command, SIGKILLs the command's group when consullock dies,
+  SIGKILL included, and when the deadline plus the kill grace passes while consullock is
+  stopped (it sees the deadline through a shared page). It does not carry consullock's name, so
+  a kill by name spares it. The command itself also gets PR_SET_PDEATHSIG.
 * Exactly one place in the process waits for children: the reaper (`reaper.rs`).
 * [`Signals::install`] must run before anything is spawned (see [`Signals`]).
 */
@@ -213,7 +215,7 @@ pub async fn supervise(
     let keeper = if is_pid1() {
         None
     } else {
-        Some(Keeper::start()?)
+        Some(Keeper::start(deadline, options.kill_grace)?)
     };
     let mut terminal = child::Terminal::probe();
     let command = match &options.contain {
@@ -248,7 +250,7 @@ pub async fn supervise(
         child: spawned.pid,
         supervisor: std::process::id() as i32,
         keeper: keeper.as_ref().map(Keeper::pid),
-        descendants: is_pid1() || is_subreaper(),
+        descendants: (is_pid1() && processes::proc_is_ours()) || is_subreaper(),
     };
     // Dropped (a cancelled supervision) without standing down: the keeper kills the group.
     let keeper = StandDownOnFinish(keeper);
@@ -339,12 +341,7 @@ impl Running {
     /// running (or given up on after SIGKILL).
     fn finished(&self) -> Option<Supervised> {
         let status = self.status?;
-        let left: Vec<i32> = self
-            .tree
-            .others_running(&processes::scan())
-            .iter()
-            .map(|p| p.pid)
-            .collect();
+        let left: Vec<i32> = self.tree.others_running().iter().map(|p| p.pid).collect();
         let given_up =
             matches!(self.phase, Phase::Killed { at } if at.elapsed() >= AFTER_KILL_TIMEOUT);
         if !left.is_empty() && !given_up {

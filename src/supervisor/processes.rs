@@ -7,9 +7,15 @@
 //!   long as it is not reaped (the reaper's lock makes "not reaped" and "this pid is still it"
 //!   the same thing, see [`super::reaper::signal_unreaped`]);
 //! * descendants that start their own group or session (a daemonising `setsid`): when consullock
-//!   is PID 1 or a subreaper, orphans are re-parented to it, so every descendant stays visible
-//!   in `/proc` as a process whose parent chain leads back to us. They are signalled one by one.
-//!   Without either, such a process escapes (README says so).
+//!   is PID 1 or a subreaper, orphans are re-parented to it, so every descendant stays a process
+//!   whose parent chain leads back to us. They are found through the kernel's lists of each
+//!   task's children, not a listing of `/proc`: a listing is stale by the time its entries are
+//!   read, and a process that keeps forking and exiting (a new pid every few milliseconds) is
+//!   never where the listing saw it. Each task's list is read at one instant, and the walk is
+//!   repeated until our own children are the same before and after it: then any process that
+//!   moved while we walked would have become our child and changed that list. They are
+//!   signalled one by one. Without PID 1 or a subreaper, such a process escapes (README says
+//!   so).
 //!
 //! Descendants are found by scanning `/proc`, and a pid can be reused between the scan and the
 //! signal. Each one is therefore signalled through a pidfd opened after the scan and checked
@@ -87,7 +93,8 @@ pub(crate) struct Tree {
 impl Tree {
     /// The command's processes that still run, other than the command itself: members of its
     /// group, and (with `descendants`) every descendant of ours but the keeper.
-    pub(crate) fn others_running(&self, procs: &[Proc]) -> Vec<Proc> {
+    pub(crate) fn others_running(&self) -> Vec<Proc> {
+        let procs = scan();
         let mut found: Vec<Proc> = procs
             .iter()
             .filter(|p| p.runs() && p.pid != self.child && Some(p.pid) != self.keeper)
@@ -95,7 +102,9 @@ impl Tree {
             .copied()
             .collect();
         if self.descendants {
-            for p in descendants_of(self.supervisor, procs) {
+            let descendants = descendants_by_children(self.supervisor)
+                .unwrap_or_else(|| descendants_of(self.supervisor, &procs));
+            for p in descendants {
                 if p.runs()
                     && p.pid != self.child
                     && Some(p.pid) != self.keeper
@@ -118,7 +127,7 @@ impl Tree {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.child), sig);
         super::reaper::signal_unreaped(self.child, signal, self.child);
         let mut one_by_one = 0;
-        for p in self.others_running(&scan()) {
+        for p in self.others_running() {
             if p.pgrp != self.child && signal_exact(&p, signal).is_ok() {
                 one_by_one += 1;
             }
@@ -134,6 +143,63 @@ impl Tree {
         }
         super::reaper::signal_unreaped(self.child, signal, self.child);
     }
+}
+
+/// Whether `/proc` shows this process's PID namespace: a PID 1 started without a /proc of its
+/// own (`unshare --pid --fork` without `--mount-proc`) sees the host's, where its own pid and
+/// its descendants' pids mean other processes. Such a PID 1 reaches the command's group only.
+pub(crate) fn proc_is_ours() -> bool {
+    std::fs::read_link("/proc/self")
+        .is_ok_and(|target| target.as_os_str() == std::process::id().to_string().as_str())
+}
+
+/// How many times [`descendants_by_children`] walks the tree before it settles for the last
+/// walk: only a tree that changes faster than a walk (well under a millisecond for a few
+/// processes) gets that far, and the last walk still holds processes of it.
+const MAX_WALKS: usize = 50;
+
+/// Every process below `root`, walking each task's `children` list; `None` where the kernel
+/// does not keep those lists (`CONFIG_PROC_CHILDREN`), or without a procfs.
+fn descendants_by_children(root: i32) -> Option<Vec<Proc>> {
+    let mut found = Vec::new();
+    for _ in 0..MAX_WALKS {
+        let before = children_of(root)?;
+        found.clear();
+        let mut frontier = before.clone();
+        while let Some(pid) = frontier.pop() {
+            if found.contains(&pid) {
+                continue;
+            }
+            found.push(pid);
+            frontier.extend(children_of(pid).unwrap_or_default());
+        }
+        if children_of(root)? == before {
+            break;
+        }
+    }
+    Some(found.into_iter().filter_map(read_proc).collect())
+}
+
+/// The children of every task of process `pid`, sorted; `None` if they cannot be read.
+fn children_of(pid: i32) -> Option<Vec<i32>> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("children");
+        match std::fs::read_to_string(&path) {
+            Ok(list) => children.extend(
+                list.split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            ),
+            // The task ended since the listing.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && path.parent()?.exists() => {
+                return None;
+            }
+            Err(_) => {}
+        }
+    }
+    children.sort_unstable();
+    children.dedup();
+    Some(children)
 }
 
 /// Every process whose parent chain leads to `root` (not `root` itself).
@@ -222,6 +288,34 @@ mod tests {
         let mut found: Vec<i32> = descendants_of(10, &procs).iter().map(|p| p.pid).collect();
         found.sort();
         assert_eq!(found, [11, 12, 14]);
+    }
+
+    #[test]
+    fn children_lists_find_a_grandchild() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let pid = child.id() as i32;
+        let started = std::time::Instant::now();
+        let grandchild = loop {
+            let found = descendants_by_children(me).expect("children lists");
+            if let Some(g) = found.iter().find(|p| p.ppid == pid) {
+                break g.pid;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert!(
+            descendants_by_children(me)
+                .unwrap()
+                .iter()
+                .any(|p| p.pid == pid)
+        );
+        // SAFETY: plain syscall; the grandchild is ours to stop.
+        unsafe { libc::kill(grandchild, libc::SIGKILL) };
+        child.wait().unwrap();
     }
 
     #[test]

@@ -175,6 +175,16 @@ impl Signals {
         stop
     }
 
+    /// The next stop request received (TERM, INT, HUP, QUIT); other signals are dropped.
+    pub async fn next_stop_request(&mut self) -> Signal {
+        loop {
+            let signal = self.recv().await;
+            if signal.is_stop_request() {
+                return signal;
+            }
+        }
+    }
+
     /// The next received signal, in arrival order. Pends forever when no signal can come any
     /// more (the intake thread ended or every [`SignalSender`] was dropped).
     pub async fn recv(&mut self) -> Signal {

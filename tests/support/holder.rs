@@ -14,13 +14,14 @@ pub(crate) const SHORT_WINDOW: [&str; 6] = [
     "--kill-grace",
     "1",
 ];
-/// Settings whose contact window is 13 s: TTL-only, TTL 10 s + lock-delay 5 s − 2 s.
+/// Settings whose contact window is 13 s: TTL-only, TTL 10 s, lock-delay 15 s − 2 s (an unlock
+/// by force bounds every session by its lock-delay, TTL-only or not).
 pub(crate) const LONG_WINDOW: [&str; 7] = [
     "--ttl-only",
     "--session-ttl",
     "10",
     "--lock-delay",
-    "5",
+    "15",
     "--kill-grace",
     "1",
 ];
