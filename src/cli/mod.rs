@@ -166,7 +166,7 @@ const MAX_SECONDS: f64 = u32::MAX as f64;
 fn seconds(option: &str, value: f64, max: f64) -> Result<Duration, String> {
     if !value.is_finite() || !(0.0..=max).contains(&value) {
         return Err(format!(
-            "{option} must be a number of seconds between 0 and {max}, got {value}"
+            "{option} must be a number of seconds between 0 and {max}, got {value:?}"
         ));
     }
     Duration::try_from_secs_f64(value).map_err(|e| format!("{option}: {e}"))
