@@ -40,6 +40,7 @@ unlock anyone's).
 mod attempt;
 mod find;
 mod held;
+pub mod layout;
 mod queue;
 mod value;
 mod wait;
