@@ -31,11 +31,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut guard = manager
         .acquire("examples/critical-section", options)
         .await?;
-    println!("lock held; fencing token {}", guard.fencing_token());
+    // A single lock has a fencing token (a semaphore slot would not).
+    let token = guard.fencing_token().unwrap_or_default();
+    println!("lock held; fencing token {token}");
 
     tokio::select! {
         // The work, which must not go on without the lock.
-        done = work(guard.fencing_token()) => println!("work done: {done} steps"),
+        done = work(token) => println!("work done: {done} steps"),
         // Consul says the lock is gone (or could not confirm it in time): stop at once.
         reason = guard.lost() => {
             eprintln!("lock lost ({reason}); abandoning the work");

@@ -28,11 +28,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             guard = acquire => guard?,
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
-        println!("leading with fencing token {}", guard.fencing_token());
+        println!("leading with fencing token {}", guard.fencing_token().unwrap_or_default());
         let mut ticks = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = ticks.tick() => println!("leader work (token {})", guard.fencing_token()),
+                _ = ticks.tick() => println!("leader work (token {})", guard.fencing_token().unwrap_or_default()),
                 reason = guard.lost() => {
                     println!("leadership lost: {reason}");
                     break;

@@ -49,6 +49,19 @@ pub enum Error {
         /// What it holds.
         what: String,
     },
+    /// A semaphore's `.lock` stores another limit than ours.
+    #[error(
+        "semaphore limit conflict on {key}: it allows {stored} holders, this contender asked \
+         for {asked}; every contender of a semaphore must use the same -n"
+    )]
+    LimitConflict {
+        /// The `.lock` key.
+        key: String,
+        /// The limit it stores.
+        stored: u64,
+        /// Ours.
+        asked: u32,
+    },
     /// The lock could not be released; it stays held until its session ends.
     #[error(transparent)]
     NotReleased(Box<ReleaseError>),
@@ -95,6 +108,9 @@ impl From<AcquireError> for Error {
             AcquireError::TimedOut { key, waited } => Error::Timeout { key, waited },
             // The caller that cancelled knows which signal did it and reports that instead.
             AcquireError::Cancelled { .. } => Error::Interrupted { signal: 0 },
+            AcquireError::LimitConflict { key, stored, asked } => {
+                Error::LimitConflict { key, stored, asked }
+            }
             AcquireError::Consul(e) => Error::Consul(e),
         }
     }

@@ -50,7 +50,8 @@ impl ExecuteSettings {
         contain: Option<std::path::PathBuf>,
     ) -> Result<ExecuteSettings, Error> {
         session.validate().map_err(Error::InvalidSessionSettings)?;
-        contact_window(&session, kill_grace).map_err(Error::UnsafeSettings)?;
+        let guarding = session.guarding(acquire.layout.lock_delay_protects());
+        contact_window(&guarding, kill_grace).map_err(Error::UnsafeSettings)?;
         Ok(ExecuteSettings {
             session,
             acquire,
@@ -62,6 +63,11 @@ impl ExecuteSettings {
     /// The session to create (renewed every TTL/2).
     pub fn session(&self) -> &SessionSettings {
         &self.session
+    }
+
+    /// Which keys the lock takes.
+    pub fn layout(&self) -> lock::Layout {
+        self.acquire.layout
     }
 
     /// Time between SIGTERM and SIGKILL when the command must stop.
@@ -77,8 +83,8 @@ pub struct Executed {
     pub outcome: Outcome,
     /// Why the lock was lost, when it was.
     pub loss: Option<LossReason>,
-    /// The fencing token the command was given.
-    pub fencing_token: u64,
+    /// The fencing token the command was given (none for a semaphore slot).
+    pub fencing_token: Option<u64>,
     /// Processes of the command that SIGKILL did not end (normally none).
     pub survivors: Vec<i32>,
     /// Whether the lock was released at the end; when not, the error says until when it stays
@@ -179,18 +185,26 @@ async fn wait_for_stop_request(signals: &mut Signals) -> Signal {
 }
 
 /// What the child is told about its lock (and `CONSUL_LOCK_HELD` for `consul lock` users).
+/// A semaphore slot gets its limit and its own key instead of a fencing token: several hold
+/// one at once, so no token can fence them.
 fn child_environment(held: &HeldLock) -> Vec<(OsString, OsString)> {
-    vec![
+    let mut env: Vec<(OsString, OsString)> = vec![
         ("CONSULLOCK_KEY".into(), held.key().into()),
         ("CONSULLOCK_SESSION".into(), held.session_id().into()),
         (
             "CONSULLOCK_LOCK_INDEX".into(),
             held.lock_index().to_string().into(),
         ),
-        (
-            "CONSULLOCK_FENCING_TOKEN".into(),
-            held.fencing_token().to_string().into(),
-        ),
-        ("CONSUL_LOCK_HELD".into(), "true".into()),
-    ]
+    ];
+    if let Some(token) = held.fencing_token() {
+        env.push(("CONSULLOCK_FENCING_TOKEN".into(), token.to_string().into()));
+    }
+    if let Some(limit) = held.limit() {
+        env.push(("CONSULLOCK_LIMIT".into(), limit.to_string().into()));
+    }
+    if let Some(contender) = held.contender_key() {
+        env.push(("CONSULLOCK_CONTENDER_KEY".into(), contender.into()));
+    }
+    env.push(("CONSUL_LOCK_HELD".into(), "true".into()));
+    env
 }

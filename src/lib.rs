@@ -19,7 +19,7 @@ use consullock::{LockManager, lock::AcquireOptions};
 
 let manager = LockManager::for_address(&server.address().to_string())?;
 let mut guard = manager.acquire("jobs/report", AcquireOptions::default()).await?;
-let token = guard.fencing_token(); // hand it to the resources you change
+let token = guard.fencing_token(); // Some(n): hand it to the resources you change
 tokio::select! {
     () = async { /* the work */ } => {}
     reason = guard.lost() => panic!("lock lost: {reason}"),

@@ -229,8 +229,9 @@ impl LockGuard {
     }
 
     /// The fencing token: the key's ModifyIndex right after acquiring. Pass it to resources so
-    /// they can refuse a holder older than the newest they have seen.
-    pub fn fencing_token(&self) -> u64 {
+    /// they can refuse a holder older than the newest they have seen. `None` for a semaphore
+    /// slot, which several hold at once.
+    pub fn fencing_token(&self) -> Option<u64> {
         self.held().fencing_token()
     }
 

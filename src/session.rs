@@ -89,6 +89,17 @@ pub struct SessionSettings {
 }
 
 impl SessionSettings {
+    /// These settings as far as they protect a lock: as they are when the lock-delay keeps
+    /// the lock from others after the session is invalidated, without it when it does not
+    /// (a semaphore slot), for [`contact_window`] and [`forced_release_risk`].
+    pub fn guarding(&self, lock_delay_protects: bool) -> SessionSettings {
+        let mut settings = self.clone();
+        if !lock_delay_protects {
+            settings.lock_delay = Duration::ZERO;
+        }
+        settings
+    }
+
     /// Settings checked against Consul's bounds: a TTL of 10 s to 24 h (or none), a lock-delay
     /// of at most 60 s. Consul would refuse a TTL outside them, and a zero TTL means "no TTL" to
     /// it, which a clock computed for a TTL must never meet.
@@ -137,6 +148,10 @@ pub enum LossReason {
     /// The lock key disappeared.
     #[error("the lock key was deleted")]
     KeyDeleted,
+    /// A semaphore's `.lock` no longer lists our session among its holders (deleted,
+    /// rewritten, or our entry removed).
+    #[error("the semaphore no longer lists our session among its holders")]
+    SlotRemoved,
     /// The lock key is held by another session, or by none.
     #[error("the lock key is no longer held by our session (now: {})", .holder.as_deref().unwrap_or("no session"))]
     KeyTakenOver {
@@ -401,9 +416,16 @@ struct News {
     kill_grace: Option<Duration>,
     /// The window from `settings` and `kill_grace`.
     window: Option<ContactWindow>,
+    /// Whether the lock-delay keeps the lock from others once the session is invalidated.
+    lock_delay_protects: bool,
 }
 
 impl News {
+    /// The settings as far as they protect the lock: without the lock-delay when it does not.
+    fn guarding(&self) -> SessionSettings {
+        self.settings.guarding(self.lock_delay_protects)
+    }
+
     fn deadline(&self) -> Option<Duration> {
         let window = self.window?;
         let by_renew = window.since_renew.map(|w| self.renewed + w);
@@ -460,7 +482,7 @@ impl Shared {
                 }
                 let changed = before != (news.settings.ttl, news.settings.lock_delay);
                 if changed && let Some(grace) = news.kill_grace {
-                    match contact_window(&news.settings, grace) {
+                    match contact_window(&news.guarding(), grace) {
                         Ok(window) => news.window = Some(window),
                         Err(e) => refused = Some(e),
                     }
@@ -552,6 +574,7 @@ impl Liveness {
                     settings,
                     kill_grace: None,
                     window: None,
+                    lock_delay_protects: true,
                 }),
                 lost,
                 deadline: Deadline::unset(),
@@ -570,10 +593,20 @@ impl Liveness {
     /// Declares the lock lost once the contact window for a holder that needs `kill_grace` to
     /// stop runs out without news (see [`contact_window`]), and keeps [`Liveness::deadline`] on
     /// it. Fails when the settings leave no such window.
-    pub fn enforce_contact_window(&self, kill_grace: Duration) -> Result<ContactWindow, String> {
+    ///
+    /// `lock_delay_protects` says whether the lock-delay keeps the lock from others after the
+    /// session is invalidated (not for a semaphore slot: see
+    /// [`crate::lock::Layout::lock_delay_protects`]); when not, the window is computed as for a
+    /// session without lock-delay.
+    pub fn enforce_contact_window(
+        &self,
+        kill_grace: Duration,
+        lock_delay_protects: bool,
+    ) -> Result<ContactWindow, String> {
         let window = {
             let mut news = self.shared.news();
-            let window = contact_window(&news.settings, kill_grace)?;
+            news.lock_delay_protects = lock_delay_protects;
+            let window = contact_window(&news.guarding(), kill_grace)?;
             news.kill_grace = Some(kill_grace);
             news.window = Some(window);
             window
@@ -1004,7 +1037,9 @@ mod tests {
         let mut settings = settings(0, 0, false);
         settings.lock_delay = Duration::from_millis(1300);
         let liveness = Liveness::new(clock::now(), settings);
-        let window = liveness.enforce_contact_window(Duration::ZERO).unwrap();
+        let window = liveness
+            .enforce_contact_window(Duration::ZERO, true)
+            .unwrap();
         assert_eq!(window.since_confirmation, Some(Duration::from_millis(300)));
         let started = clock::now();
         let reason = liveness.lost().await;

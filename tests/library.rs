@@ -52,7 +52,7 @@ fn acquire_find_release() {
         };
         let held = acquire(&client, &key, &options).await.unwrap();
         assert_eq!(held.key(), key);
-        assert!(held.fencing_token() > 0);
+        assert!(held.fencing_token().is_some_and(|t| t > 0));
 
         let found = lock::find(&client, &key).await.unwrap().expect("found");
         assert_eq!(found.holder.as_deref(), Some(held.session_id()));

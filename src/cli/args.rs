@@ -176,6 +176,22 @@ pub(crate) struct LockArgs {
     #[arg(long, value_name = "EXE", num_args = 1.., action = clap::ArgAction::Append)]
     pub(crate) on_already_locked: Vec<OsString>,
 
+    /// At most N holders at once: a semaphore shared with `consul lock -n N KEY` (see --help)
+    ///
+    /// The keys are those of `consul lock -n N` and Go's `api.Semaphore`: each holder's own
+    /// `KEY/<session>` and the shared `KEY/.lock`, which lists the holders and the limit. Every
+    /// contender of one semaphore must use the same N (exit 10 otherwise). `-n 1` is a single
+    /// lock, as with `consul lock -n 1`: the same as --consul-lock.
+    #[arg(short = 'n', long = "limit", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_LIMIT))]
+    pub(crate) limit: Option<u32>,
+
+    /// Take the lock as `consul lock KEY` does: the key `KEY/.lock`, with its flags and no value
+    ///
+    /// consullock and `consul lock KEY` (without -n, or with -n 1) then exclude each other on
+    /// KEY, so a fleet can move from one to the other host by host.
+    #[arg(long)]
+    pub(crate) consul_lock: bool,
+
     /// Compatibility with consullock 4.2's poll interval (see --help)
     ///
     /// consullock 4.2 polled every I seconds. consullock waits with blocking queries instead;
@@ -188,6 +204,10 @@ pub(crate) struct LockArgs {
     )]
     pub(crate) interval: f64,
 }
+
+/// The largest `-n`: far beyond any fleet, and small enough that `.lock`'s list of holders
+/// stays well within Consul's 512 KiB value limit (about 45 bytes per holder).
+pub(crate) const MAX_LIMIT: i64 = 10_000;
 
 /// `unlock` options.
 #[derive(Debug, Args)]

@@ -30,6 +30,8 @@ pub(crate) const INVALID_SESSION_SETTINGS: i32 = 7;
 pub(crate) const CONSUL_ERROR: i32 = 8;
 /// The key holds data that is not a consullock lock: it was left untouched.
 pub(crate) const NOT_A_LOCK: i32 = 9;
+/// A semaphore's `.lock` stores another limit than `-n`.
+pub(crate) const LIMIT_CONFLICT: i32 = 10;
 /// The lock is held by someone else (`--non-blocking`); `--conflict-exit-code` changes it.
 pub(crate) const NOT_ACQUIRED: i32 = 100;
 /// `execute`: the lock was lost and the command stopped; `--lock-lost-exit-code` changes it.
@@ -76,8 +78,12 @@ pub(crate) const TABLE: &[(i32, &str)] = &[
         "the key holds data that is not a consullock lock: it was left untouched (`lock`, `execute`, and `unlock` without `--force`)",
     ),
     (
+        LIMIT_CONFLICT,
+        "`-n N`: the semaphore's `KEY/.lock` allows another number of holders (every contender must use the same N)",
+    ),
+    (
         NOT_ACQUIRED,
-        "lock held elsewhere (`--non-blocking`); see `--conflict-exit-code`",
+        "lock held elsewhere, or every slot of the semaphore taken (`--non-blocking`); see `--conflict-exit-code`",
     ),
     (
         LOCK_LOST,
@@ -117,6 +123,7 @@ pub(crate) fn of_error(error: &Error) -> i32 {
         Error::InvalidSessionSettings(_) => INVALID_SESSION_SETTINGS,
         Error::UnsafeSettings(_) => INVALID_ARGUMENTS,
         Error::NotALock { .. } => NOT_A_LOCK,
+        Error::LimitConflict { .. } => LIMIT_CONFLICT,
         Error::NotReleased(_) => CONSUL_ERROR,
         Error::Consul(ConsulError::PermissionDenied { .. }) => PERMISSION_DENIED,
         Error::Consul(_) => CONSUL_ERROR,

@@ -222,6 +222,19 @@ fn acquire_options(args: &LockArgs, keep_alive: bool) -> Result<AcquireOptions, 
         })?),
     };
     let hooks = hooks::CommandHooks::for_engine(&args.on_before_lock, &args.on_already_locked);
+    let layout = match (args.limit, args.consul_lock) {
+        (Some(2..), true) => {
+            return Err(Error::InvalidArguments(
+                "-n/--limit above 1 and --consul-lock exclude each other: a semaphore and \
+                 `consul lock`'s single lock use the same KEY/.lock differently"
+                    .into(),
+            ));
+        }
+        // `consul lock -n 1` takes a single lock, not a semaphore of one.
+        (Some(0..=1), _) | (None, true) => lock::Layout::ConsulLock,
+        (Some(limit), false) => lock::Layout::Semaphore { limit },
+        (None, false) => lock::Layout::Own,
+    };
     Ok(AcquireOptions {
         non_blocking: args.non_blocking,
         timeout: (!timeout.is_zero()).then_some(timeout),
@@ -230,6 +243,7 @@ fn acquire_options(args: &LockArgs, keep_alive: bool) -> Result<AcquireOptions, 
         lock_delay_backoff_cap: interval,
         keep_alive,
         on_wait: HolderLine::observer(),
+        layout,
     })
 }
 
@@ -316,7 +330,15 @@ async fn run_lock(args: LockArgs) -> Result<i32, Error> {
             let mut json = serde_json::to_value(held.info()).unwrap_or_default();
             if let Some(object) = json.as_object_mut() {
                 object.insert("lockIndex".into(), held.lock_index().into());
-                object.insert("fencingToken".into(), held.fencing_token().into());
+                if let Some(token) = held.fencing_token() {
+                    object.insert("fencingToken".into(), token.into());
+                }
+                if let Some(limit) = held.limit() {
+                    object.insert("limit".into(), limit.into());
+                }
+                if let Some(contender) = held.contender_key() {
+                    object.insert("contenderKey".into(), contender.into());
+                }
             }
             // The JSON names the session that `unlock` needs: a lock nobody learnt about
             // (stdout closed, a full disk) is released again rather than left held.

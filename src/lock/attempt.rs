@@ -47,11 +47,23 @@ fn describe(entry: &KvEntry) -> String {
     }
 }
 
-pub(super) fn key_state(read: &crate::consul::Indexed<Option<KvEntry>>) -> KeyState {
+/// What `read` shows, for a lock whose key carries `flags`: 0 for consullock's own layout,
+/// whose value must be a lock's JSON; `api.Lock`'s flags for `consul lock`'s, whose value is
+/// not looked at, as `api.Lock` does not (`api/lock.go` checks only the flags).
+pub(super) fn key_state(read: &crate::consul::Indexed<Option<KvEntry>>, flags: u64) -> KeyState {
     let Some(entry) = &read.value else {
         return KeyState::Free;
     };
-    if !is_lock_value(&entry.value) {
+    if flags != 0 && entry.flags != flags {
+        return KeyState::NotALock {
+            what: format!(
+                "{}, with flags {:#x} where `consul lock` sets {flags:#x}",
+                describe(entry),
+                entry.flags
+            ),
+        };
+    }
+    if flags == 0 && !is_lock_value(&entry.value) {
         return KeyState::NotALock {
             what: describe(entry),
         };
@@ -80,24 +92,25 @@ pub(super) enum Attempt {
     SessionGone,
 }
 
-/// Tries to take `key` for `session`, storing `value`, given what the read before saw
-/// (`seen`: `None` when the key was absent). With `queue_entry`, our entry in the waiter queue
-/// goes in the same commit.
+/// Tries to take `key` for `session`, storing `value` and `flags`, given what the read before
+/// saw (`seen`: `None` when the key was absent). With `queue_entry`, our entry in the waiter
+/// queue goes in the same commit.
 pub(super) async fn try_acquire(
     client: &Client,
     key: &str,
     value: &[u8],
+    flags: u64,
     session: &str,
     seen: Option<&KvEntry>,
     queue_entry: Option<&str>,
 ) -> Result<Attempt, ConsulError> {
     if client.transactions() {
-        match with_transaction(client, key, value, session, seen, queue_entry).await {
+        match with_transaction(client, key, value, flags, session, seen, queue_entry).await {
             Err(e) if e.means_no_txn() => client.note_no_transactions(),
             result => return result,
         }
     }
-    let attempt = with_acquire(client, key, value, session).await?;
+    let attempt = with_acquire(client, key, value, flags, session).await?;
     if let (Attempt::Acquired(..), Some(entry)) = (&attempt, queue_entry) {
         // Leave the line; if this fails, the entry goes with the session at the latest.
         if let Err(e) = client.kv_delete(entry, None).await {
@@ -111,6 +124,7 @@ async fn with_transaction(
     client: &Client,
     key: &str,
     value: &[u8],
+    flags: u64,
     session: &str,
     seen: Option<&KvEntry>,
     queue_entry: Option<&str>,
@@ -127,7 +141,7 @@ async fn with_transaction(
         TxnOp::Lock {
             key,
             value,
-            flags: 0,
+            flags,
             session,
         },
         TxnOp::Get { key },
@@ -165,10 +179,16 @@ async fn with_acquire(
     client: &Client,
     key: &str,
     value: &[u8],
+    flags: u64,
     session: &str,
 ) -> Result<Attempt, ConsulError> {
     let acquired = match client
-        .kv_put(key, value, PutMode::Acquire(session), None)
+        .kv_put(
+            key,
+            value,
+            PutMode::Acquire(session),
+            (flags != 0).then_some(flags),
+        )
         .await
     {
         Ok(acquired) => acquired,
@@ -189,7 +209,7 @@ async fn with_acquire(
         });
     }
     let read = client.kv_get(key, &QueryOptions::default()).await?;
-    Ok(match key_state(&read) {
+    Ok(match key_state(&read, flags) {
         KeyState::Free => Attempt::LockDelay,
         _ => Attempt::Changed(Some(read)),
     })

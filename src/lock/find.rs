@@ -8,8 +8,8 @@
 
 use crate::consul::{Client, ConsulError, KvEntry, QueryOptions};
 
-use super::queue;
 use super::value::LockInfo;
+use super::{layout, queue};
 
 /// A key found by [`find`] or [`find_regex`]: its lock information when its value is a lock's
 /// JSON.
@@ -93,11 +93,104 @@ pub enum Unlocked {
 /// does: Consul then applies that session's lock-delay before the next holder can acquire,
 /// which gives a live holder time to notice and stop. A key whose value is not a consullock lock
 /// is left alone unless `force`: its session may be another program's leader lock.
+///
+/// `consul lock`'s layouts are understood too (see [`super::layout`]): when `key` does not
+/// exist, its `key/.lock` is looked at. A `.lock` with `api.Lock`'s flags is a lock, whoever
+/// took it: its session is destroyed. A semaphore's (`key` its prefix, or its `.lock`) frees
+/// the slots of consullock's own contenders, whose keys name their session (every slot with
+/// `force`), and takes them out of `.lock`.
 pub async fn unlock(client: &Client, key: &str, force: bool) -> Result<Unlocked, ConsulError> {
-    match find(client, key).await? {
-        Some(found) => unlock_found(client, &found, force).await,
-        None => Ok(Unlocked::NotHeld),
+    let found = match find(client, key).await? {
+        Some(found) => found,
+        None => match find(client, &layout::coordination_key(key)).await? {
+            Some(found) if found.entry.flags != 0 => found,
+            _ => return Ok(Unlocked::NotHeld),
+        },
+    };
+    match found.entry.flags {
+        layout::LOCK_FLAG_VALUE => match found.holder.as_deref() {
+            Some(session) => {
+                client
+                    .session_destroy(session, crate::session::DESTROY_TIMEOUT)
+                    .await?;
+                tracing::info!(key = %found.key, session, "consul lock released by destroying its session");
+                Ok(Unlocked::Released)
+            }
+            None => Ok(Unlocked::NotHeld),
+        },
+        layout::SEMAPHORE_FLAG_VALUE => match found.key.strip_suffix("/.lock") {
+            Some(prefix) => unlock_semaphore(client, prefix, &found.key, force).await,
+            // One contender's key: that slot, as a lock of its own (the next contender prunes
+            // it from `.lock`).
+            None => unlock_found(client, &found, force).await,
+        },
+        _ => unlock_found(client, &found, force).await,
     }
+}
+
+/// Frees the slots of the semaphore at `prefix` (see [`unlock`]).
+async fn unlock_semaphore(
+    client: &Client,
+    prefix: &str,
+    coordination: &str,
+    force: bool,
+) -> Result<Unlocked, ConsulError> {
+    let listing = client.kv_list(prefix, &QueryOptions::default()).await?;
+    let Some(entry) = listing.value.iter().find(|e| e.key == coordination) else {
+        return Ok(Unlocked::NotHeld);
+    };
+    let Ok(Some(mut state)) = layout::SemaphoreState::decode(&entry.value) else {
+        return Ok(Unlocked::NotALock);
+    };
+    state.prune(&listing.value);
+    let mut released = Vec::new();
+    let mut left_alone = false;
+    for holder in &state.holders {
+        let contender = layout::contender_key(prefix, holder);
+        let ours = listing.value.iter().any(|e| {
+            e.key == contender
+                && e.session.as_deref() == Some(holder)
+                && LockInfo::parse(&e.value).is_some_and(|info| info.session == *holder)
+        });
+        if !ours && !force {
+            left_alone = true;
+            continue;
+        }
+        client
+            .session_destroy(holder, crate::session::DESTROY_TIMEOUT)
+            .await?;
+        tracing::info!(key = %prefix, session = %holder, "semaphore slot released by destroying its session");
+        released.push(holder.clone());
+    }
+    for holder in &released {
+        state.holders.remove(holder);
+    }
+    // Out of `.lock` too, if nobody changed it since (else the next contender prunes them),
+    // and `.lock` itself once nobody holds a slot, as Go's `Destroy` does.
+    if !released.is_empty() {
+        let done = if state.holders.is_empty() {
+            client
+                .kv_delete(coordination, Some(entry.modify_index))
+                .await
+        } else {
+            client
+                .kv_put(
+                    coordination,
+                    &state.encode(),
+                    crate::consul::PutMode::Cas(entry.modify_index),
+                    Some(layout::SEMAPHORE_FLAG_VALUE),
+                )
+                .await
+        };
+        if let Err(e) = done {
+            tracing::debug!(key = %coordination, "cannot tidy the semaphore's holders: {e}");
+        }
+    }
+    Ok(match (released.is_empty(), left_alone) {
+        (false, _) => Unlocked::Released,
+        (true, true) => Unlocked::NotALock,
+        (true, false) => Unlocked::NotHeld,
+    })
 }
 
 async fn unlock_found(
@@ -141,7 +234,31 @@ pub async fn unlock_regex(
     force: bool,
 ) -> Result<UnlockedKeys, ConsulError> {
     let mut unlocked = UnlockedKeys::default();
-    for key in find_keys(client, pattern).await? {
+    let keys = find_keys(client, pattern).await?;
+    // A `.lock` stands for its prefix's lock or semaphore: unlock it through the prefix, once,
+    // and leave the semaphore's contender keys (`PREFIX/<session id>`) to it.
+    let prefixes: Vec<&str> = keys
+        .iter()
+        .filter_map(|k| k.strip_suffix("/.lock"))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for key in &keys {
+        let key = match key.strip_suffix("/.lock") {
+            Some(prefix) => prefix,
+            None if prefixes.iter().any(|p| {
+                key.strip_prefix(p)
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .is_some_and(|name| uuid::Uuid::try_parse(name).is_ok())
+            }) =>
+            {
+                continue;
+            }
+            None => key.as_str(),
+        };
+        if !seen.insert(key.to_owned()) {
+            continue;
+        }
+        let key = key.to_owned();
         match unlock(client, &key, force).await? {
             Unlocked::Released => unlocked.released.push(key),
             Unlocked::NotALock => unlocked.not_locks.push(key),

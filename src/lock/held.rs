@@ -1,5 +1,6 @@
-//! A lock we hold: its watch (consistent blocking reads of the key, one sent every third of the
-//! contact window whether or not the previous one answered), and its release.
+//! A lock we hold: its watch (consistent blocking reads of the key, or of a semaphore's prefix,
+//! one sent every third of the contact window whether or not the previous one answered), and
+//! its release.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,25 +21,34 @@ pub struct HeldLock {
     info: LockInfo,
     value: Vec<u8>,
     lock_index: u64,
-    fencing_token: u64,
+    fencing_token: Option<u64>,
+    what: What,
+}
+
+/// What a [`HeldLock`] holds, in Consul's KV store.
+#[derive(Debug, Clone)]
+pub(super) enum What {
+    /// One key, acquired by our session, with these flags (consullock's own layout and
+    /// `consul lock`'s).
+    Key { key: String, flags: u64 },
+    /// A slot of a semaphore (`semaphore.rs`).
+    Slot(super::semaphore::Slot),
 }
 
 impl HeldLock {
     pub(super) fn new(
         session: Session,
         liveness: Option<Liveness>,
-        info: LockInfo,
-        value: Vec<u8>,
-        lock_index: u64,
-        fencing_token: u64,
+        acquired: super::Acquired,
     ) -> HeldLock {
         HeldLock {
             session,
             liveness,
-            info,
-            value,
-            lock_index,
-            fencing_token,
+            info: acquired.info,
+            value: acquired.value,
+            lock_index: acquired.lock_index,
+            fencing_token: acquired.fencing_token,
+            what: acquired.what,
         }
     }
 
@@ -57,21 +67,43 @@ impl HeldLock {
         self.session.id()
     }
 
-    /// The key.
+    /// The key locked: the lock key (`PREFIX/.lock` in `consul lock`'s layout), or a
+    /// semaphore's prefix.
     pub fn key(&self) -> &str {
-        &self.info.key
+        match &self.what {
+            What::Key { key, .. } => key,
+            What::Slot(slot) => slot.prefix(),
+        }
     }
 
-    /// The key's LockIndex after acquiring (Consul's sequencer, with key and session).
+    /// The key's LockIndex after acquiring (Consul's sequencer, with key and session); for a
+    /// semaphore slot, our contender key's.
     pub fn lock_index(&self) -> u64 {
         self.lock_index
     }
 
-    /// The key's ModifyIndex read consistently right after acquiring. It is a Raft index, so it
-    /// only grows from one holder to the next, even when the key is deleted in between: a
-    /// resource that remembers the highest token it has seen can refuse a stale holder.
-    pub fn fencing_token(&self) -> u64 {
+    /// The key's ModifyIndex read in the same commit as the acquisition. It is a Raft index, so
+    /// it only grows from one holder to the next, even when the key is deleted in between: a
+    /// resource that remembers the highest token it has seen can refuse a stale holder. `None`
+    /// for a semaphore slot: several hold one at once, so no token can fence them.
+    pub fn fencing_token(&self) -> Option<u64> {
         self.fencing_token
+    }
+
+    /// For a semaphore slot: how many may hold the semaphore at once.
+    pub fn limit(&self) -> Option<u32> {
+        match &self.what {
+            What::Key { .. } => None,
+            What::Slot(slot) => Some(slot.limit()),
+        }
+    }
+
+    /// For a semaphore slot: our own key, `PREFIX/<session>`.
+    pub fn contender_key(&self) -> Option<&str> {
+        match &self.what {
+            What::Key { .. } => None,
+            What::Slot(slot) => Some(slot.contender()),
+        }
     }
 
     /// Starts watching the lock for a holder that needs `kill_grace` to stop its work once the
@@ -83,17 +115,21 @@ impl HeldLock {
         let liveness = self
             .liveness
             .get_or_insert_with(|| self.session.keep_alive());
-        let window = liveness.enforce_contact_window(kill_grace)?;
+        let lock_delay_protects = matches!(self.what, What::Key { .. });
+        let window = liveness.enforce_contact_window(kill_grace, lock_delay_protects)?;
         // Each watch read that returns confirms the lock, so they must be sent well within the
         // contact window, even with nothing changing.
         let monitor_wait = window.shortest().map_or(MAX_BLOCKING_WAIT, |w| {
             (w / 3).clamp(MIN_MONITOR_WAIT, MAX_BLOCKING_WAIT)
         });
+        let watched = Watched {
+            what: self.what.clone(),
+            session: self.session.id().to_owned(),
+        };
         let task = tokio::spawn(monitor_loop(
             self.session.client().clone(),
-            self.info.key.clone(),
-            self.session.id().to_owned(),
-            self.fencing_token,
+            watched,
+            self.fencing_token.unwrap_or(self.lock_index),
             monitor_wait,
             liveness.shared.clone(),
         ));
@@ -158,10 +194,17 @@ impl HeldLock {
             .session
             .client()
             .with_request_timeout(RELEASE_REQUEST_TIMEOUT);
-        let key = self.info.key.clone();
+        let key = self.key().to_owned();
         let session = self.session.id().to_owned();
         tokio::pin!(cancel);
-        let release = release_key(&client, &key, &session, &self.value);
+        let release = async {
+            match &self.what {
+                What::Key { key, flags } => {
+                    release_key(&client, key, *flags, &session, &self.value).await
+                }
+                What::Slot(slot) => super::semaphore::release_slot(&client, slot, &session).await,
+            }
+        };
         let released = tokio::select! {
             biased;
             () = &mut cancel => Err(ReleaseFailure::Interrupted),
@@ -229,7 +272,7 @@ impl HeldLock {
             result = destroy => result.map_err(ReleaseFailure::Consul),
         };
         result.map_err(|failure| ReleaseError {
-            key: self.info.key.clone(),
+            key: self.key().to_owned(),
             failure,
             expires_by,
         })
@@ -243,6 +286,7 @@ impl HeldLock {
 async fn release_key(
     client: &Client,
     key: &str,
+    flags: u64,
     session: &str,
     value: &[u8],
 ) -> Result<bool, ConsulError> {
@@ -256,8 +300,15 @@ async fn release_key(
             Err(e) => return Err(e),
         }
     }
+    // The flags go with it: a write without them sets them to 0, and a key left behind with
+    // `api.Lock`'s flags gone would stop every `consul lock` contender.
     let released = client
-        .kv_put(key, value, PutMode::Release(session), None)
+        .kv_put(
+            key,
+            value,
+            PutMode::Release(session),
+            (flags != 0).then_some(flags),
+        )
         .await?;
     if released {
         // Leave no unheld lock value behind, unless someone wrote the key since.
@@ -310,10 +361,44 @@ fn expiry(expires_by: &Option<std::time::SystemTime>) -> String {
     }
 }
 
+/// What the watch reads, and how it tells that the lock is still ours.
+struct Watched {
+    what: What,
+    session: String,
+}
+
+impl Watched {
+    /// One read with `options`: its index, and the loss it shows, if any.
+    async fn read(
+        &self,
+        client: &Client,
+        options: &QueryOptions,
+    ) -> Result<(u64, Option<LossReason>), ConsulError> {
+        match &self.what {
+            What::Key { key, .. } => {
+                let read = client.kv_get(key, options).await?;
+                let loss = match read.value {
+                    None => Some(LossReason::KeyDeleted),
+                    Some(entry) if entry.session.as_deref() != Some(self.session.as_str()) => {
+                        Some(LossReason::KeyTakenOver {
+                            holder: entry.session,
+                        })
+                    }
+                    Some(_) => None,
+                };
+                Ok((read.index, loss))
+            }
+            What::Slot(slot) => {
+                let read = client.kv_list(slot.prefix(), options).await?;
+                Ok((read.index, slot.loss_in(&read.value, &self.session)))
+            }
+        }
+    }
+}
+
 async fn monitor_loop(
     client: Client,
-    key: String,
-    session: String,
+    watched: Watched,
     index: u64,
     wait: Duration,
     shared: Arc<crate::session::Shared>,
@@ -328,6 +413,7 @@ async fn monitor_loop(
             client
         }
     };
+    let watched = Arc::new(watched);
     let mut index = index;
     let mut in_flight = tokio::task::JoinSet::new();
     // Send a read every `wait`, whether or not the previous ones have answered: each confirms
@@ -340,46 +426,48 @@ async fn monitor_loop(
                 let sent_at = clock::now();
                 last_sent = Some(tokio::time::Instant::now());
                 let client = client.clone();
-                let key = key.clone();
+                let watched = watched.clone();
                 let options = QueryOptions::blocking(index.max(1), wait).consistent();
-                in_flight.spawn(async move { (sent_at, client.kv_get(&key, &options).await) });
+                in_flight.spawn(async move { (sent_at, watched.read(&client, &options).await) });
                 next_send = tokio::time::Instant::now() + wait;
             }
             Some(joined) = in_flight.join_next() => {
                 let Ok((sent_at, result)) = joined else { continue };
                 match result {
-                    Ok(read) => match read.value {
-                        None => {
-                            shared.declare_lost(LossReason::KeyDeleted);
+                    Ok((_, Some(loss))) => {
+                        shared.declare_lost(loss);
+                        return;
+                    }
+                    Ok((read_index, None)) => {
+                        shared.confirm(sent_at);
+                        if shared.is_lost() {
                             return;
                         }
-                        Some(entry) if entry.session.as_deref() != Some(session.as_str()) => {
-                            shared.declare_lost(LossReason::KeyTakenOver {
-                                holder: entry.session,
-                            });
-                            return;
+                        let changed = read_index > index;
+                        // An index that goes backwards (snapshot restore) restarts the watch.
+                        index = if read_index < index { 0 } else { read_index };
+                        // Keep a read blocked on the key at all times, so a change is seen
+                        // at once; but never faster than the floor, whatever the server does.
+                        if changed && in_flight.is_empty() {
+                            let floor = last_sent.map_or(next_send, |at| at + MIN_MONITOR_WAIT);
+                            next_send = next_send.min(floor.max(tokio::time::Instant::now()));
                         }
-                        Some(_) => {
-                            shared.confirm(sent_at);
-                            if shared.is_lost() {
-                                return;
-                            }
-                            let changed = read.index > index;
-                            // An index that goes backwards (snapshot restore) restarts the watch.
-                            index = if read.index < index { 0 } else { read.index };
-                            // Keep a read blocked on the key at all times, so a change is seen
-                            // at once; but never faster than the floor, whatever the server does.
-                            if changed && in_flight.is_empty() {
-                                let floor = last_sent.map_or(next_send, |at| at + MIN_MONITOR_WAIT);
-                                next_send = next_send.min(floor.max(tokio::time::Instant::now()));
-                            }
-                        }
-                    },
+                    }
                     Err(e) => {
-                        tracing::warn!(key = %key, "watching the lock failed, retrying: {e}");
+                        tracing::warn!(key = %watched.what.key(), "watching the lock failed, retrying: {e}");
                     }
                 }
             }
+        }
+    }
+}
+
+impl What {
+    /// The key (or prefix) watched, for logs.
+    fn key(&self) -> &str {
+        match self {
+            What::Key { key, .. } => key,
+            What::Slot(slot) => slot.prefix(),
         }
     }
 }

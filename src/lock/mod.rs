@@ -32,9 +32,14 @@ only when the lock looks free, or when a blocking waiter settles down to wait (i
 session, renewed, so it can try the moment the lock is free). The attempt itself is one
 transaction (`attempt.rs`), and waiters line up (`queue.rs`) so that a release wakes one of them.
 
-The parts: `value.rs` (what is stored), `attempt.rs` (one try), `queue.rs` (the line of
-waiters), `wait.rs` (bounded waiting), `held.rs` (watch and release), `find.rs` (find and
-unlock anyone's).
+**Layouts** ([`Layout`]): consullock's own (the key holds the lock's JSON), `consul lock`'s
+(`PREFIX/.lock` with `api.Lock`'s flags), and `consul lock -n N`'s semaphore (`semaphore.rs`:
+at most N holders, on `api.Semaphore`'s keys), so that consullock and `consul lock` contenders
+share locks while a fleet moves from one to the other (`layout.rs`).
+
+The parts: `value.rs` (what is stored), `layout.rs` (Go's keys and flags), `attempt.rs` (one
+try), `queue.rs` (the line of waiters), `semaphore.rs` (slots), `wait.rs` (bounded waiting),
+`held.rs` (watch and release), `find.rs` (find and unlock anyone's).
 */
 
 mod attempt;
@@ -42,6 +47,7 @@ mod find;
 mod held;
 pub mod layout;
 mod queue;
+mod semaphore;
 mod value;
 mod wait;
 
@@ -141,6 +147,33 @@ pub trait WaitObserver: Send + Sync {
     fn finished(&self) {}
 }
 
+/// How a lock is laid out in Consul's KV store (see [`layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// consullock's own (and consullock 4.2's): the key itself, holding the lock's JSON.
+    #[default]
+    Own,
+    /// `consul lock PREFIX`'s (`api.Lock`): the key `PREFIX/.lock`, with `api.Lock`'s flags and
+    /// an empty value. consullock and `consul lock` exclude each other on it.
+    ConsulLock,
+    /// `consul lock -n N PREFIX`'s semaphore (`api.Semaphore`): at most `limit` holders, each
+    /// with a key `PREFIX/<session>`, counted in `PREFIX/.lock`.
+    Semaphore {
+        /// How many holders at most (2 or more; `consul lock -n 1` is [`Layout::ConsulLock`]).
+        limit: u32,
+    },
+}
+
+impl Layout {
+    /// Whether a session invalidated by force (a failed node check, a destroy) keeps its lock
+    /// from anyone else for its lock-delay. Not for a semaphore: its other contenders prune the
+    /// dead holder from `.lock` at once, and take the slot without touching any key the
+    /// lock-delay guards.
+    pub fn lock_delay_protects(self) -> bool {
+        !matches!(self, Layout::Semaphore { .. })
+    }
+}
+
 /// How to wait for a lock.
 #[derive(Clone)]
 pub struct AcquireOptions {
@@ -160,6 +193,8 @@ pub struct AcquireOptions {
     pub keep_alive: bool,
     /// Told who holds the lock whenever a wait for it begins.
     pub on_wait: Option<Arc<dyn WaitObserver>>,
+    /// Which keys the lock takes.
+    pub layout: Layout,
 }
 
 impl std::fmt::Debug for AcquireOptions {
@@ -172,6 +207,7 @@ impl std::fmt::Debug for AcquireOptions {
             .field("lock_delay_backoff_cap", &self.lock_delay_backoff_cap)
             .field("keep_alive", &self.keep_alive)
             .field("on_wait", &self.on_wait.as_ref().map(|_| "WaitObserver"))
+            .field("layout", &self.layout)
             .finish()
     }
 }
@@ -186,6 +222,7 @@ impl Default for AcquireOptions {
             lock_delay_backoff_cap: LOCK_DELAY_BACKOFF_CAP,
             keep_alive: true,
             on_wait: None,
+            layout: Layout::Own,
         }
     }
 }
@@ -201,6 +238,11 @@ pub enum Refusal {
     /// Nobody holds it, but Consul refuses it for a while: the lock-delay of a session that
     /// was invalidated while holding it.
     LockDelay,
+    /// Every slot of the semaphore is taken.
+    Full {
+        /// The sessions holding them.
+        holders: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -209,6 +251,9 @@ impl std::fmt::Display for Refusal {
             Refusal::Held { .. } => f.write_str("held by another session"),
             Refusal::LockDelay => {
                 f.write_str("free, but under the lock-delay of a session that lost it")
+            }
+            Refusal::Full { holders } => {
+                write!(f, "full ({} holders)", holders.len())
             }
         }
     }
@@ -250,6 +295,20 @@ pub enum AcquireError {
         /// A short description of what it holds.
         what: String,
     },
+    /// The semaphore's `.lock` key says another limit than ours: its holders and we disagree on
+    /// how many may hold it (`consul lock -n` fails the same way).
+    #[error(
+        "the semaphore {key:?} has a limit of {stored} holders, not {asked}: every contender \
+         must use the same -n"
+    )]
+    LimitConflict {
+        /// The `.lock` key.
+        key: String,
+        /// The limit it stores.
+        stored: u64,
+        /// Ours.
+        asked: u32,
+    },
     /// Consul failed.
     #[error(transparent)]
     Consul(#[from] ConsulError),
@@ -286,7 +345,20 @@ pub async fn acquire(
         keep_alive: options.keep_alive,
         session: None,
     };
-    let acquired = attempts(&mut holder, key, options, &mut bounds).await;
+    let acquired = match options.layout {
+        Layout::Semaphore { limit } => {
+            semaphore::attempts(&mut holder, key, limit, options, &mut bounds).await
+        }
+        layout => {
+            attempts(
+                &mut holder,
+                &KeyLayout::of(layout, key),
+                options,
+                &mut bounds,
+            )
+            .await
+        }
+    };
     if let Some(observer) = &options.on_wait {
         observer.finished();
     }
@@ -296,14 +368,7 @@ pub async fn acquire(
                 .session
                 .take()
                 .expect("an acquired lock has a session");
-            Ok(HeldLock::new(
-                session,
-                liveness,
-                acquired.info,
-                acquired.value,
-                acquired.lock_index,
-                acquired.fencing_token,
-            ))
+            Ok(HeldLock::new(session, liveness, acquired))
         }
         Err(error) => {
             holder.destroy().await;
@@ -436,27 +501,60 @@ fn server_busy(error: &ConsulError) -> bool {
     }
 }
 
+/// A lock just taken, for [`HeldLock::new`].
 struct Acquired {
     info: LockInfo,
     value: Vec<u8>,
     lock_index: u64,
-    fencing_token: u64,
+    /// The ModifyIndex of the lock key right after the acquisition; none for a semaphore slot.
+    fencing_token: Option<u64>,
+    what: held::What,
+}
+
+/// The key a single lock ([`Layout::Own`] or [`Layout::ConsulLock`]) takes, and how.
+struct KeyLayout {
+    /// The key locked.
+    key: String,
+    /// Its flags: 0 for consullock's own layout, `api.Lock`'s for `consul lock`'s.
+    flags: u64,
+    /// Whether the key stores the lock's JSON (`consul lock`'s keys stay empty).
+    stores_info: bool,
+}
+
+impl KeyLayout {
+    fn of(layout: Layout, key: &str) -> KeyLayout {
+        match layout {
+            Layout::ConsulLock => KeyLayout {
+                key: layout::coordination_key(layout::prefix_of(key)),
+                flags: layout::LOCK_FLAG_VALUE,
+                stores_info: false,
+            },
+            _ => KeyLayout {
+                key: key.to_owned(),
+                flags: 0,
+                stores_info: true,
+            },
+        }
+    }
 }
 
 /// Whether a waiter with these settings may join the line (see `queue.rs`): its session must
 /// be renewed and end soon after its process dies.
 fn may_queue(settings: &SessionSettings, options: &AcquireOptions) -> bool {
-    options.keep_alive
+    // `consul lock` contenders do not know the line: everyone waits on the key there.
+    options.layout == Layout::Own
+        && options.keep_alive
         && !options.non_blocking
         && settings.ttl.is_some_and(|ttl| ttl <= MAX_QUEUE_TTL)
 }
 
 async fn attempts<C: Future<Output = ()>>(
     holder: &mut Holder<'_>,
-    key: &str,
+    layout: &KeyLayout,
     options: &AcquireOptions,
     bounds: &mut Bounds<'_, C>,
 ) -> Result<Acquired, AcquireError> {
+    let key = layout.key.as_str();
     let client = holder.client;
     let mut lock_delay_backoff = LOCK_DELAY_BACKOFF_START;
     let lock_delay_cap = options
@@ -515,7 +613,7 @@ async fn attempts<C: Future<Output = ()>>(
             },
         };
         errors.reset();
-        let held = match key_state(&read) {
+        let held = match key_state(&read, layout.flags) {
             KeyState::NotALock { what } => {
                 return Err(AcquireError::NotALock {
                     key: key.to_owned(),
@@ -542,11 +640,16 @@ async fn attempts<C: Future<Output = ()>>(
                     hostname: hostname.clone(),
                     pid: Some(std::process::id()),
                 };
-                let value = info.to_value();
+                let value = if layout.stores_info {
+                    info.to_value()
+                } else {
+                    Vec::new()
+                };
                 let attempt = try_acquire(
                     client,
                     key,
                     &value,
+                    layout.flags,
                     &session_id,
                     read.value.as_ref(),
                     place.as_ref().map(queue::Place::entry),
@@ -563,7 +666,11 @@ async fn attempts<C: Future<Output = ()>>(
                             info,
                             value,
                             lock_index: entry.lock_index,
-                            fencing_token: entry.modify_index,
+                            fencing_token: Some(entry.modify_index),
+                            what: held::What::Key {
+                                key: key.to_owned(),
+                                flags: layout.flags,
+                            },
                         });
                     }
                     Ok(Attempt::Changed(read)) => {
@@ -613,7 +720,18 @@ async fn attempts<C: Future<Output = ()>>(
         let (holder_session, index, info) = held;
         if let Some(ours) = holder.session_id()
             && ours == holder_session
-            && let (Some(entry), Some(info)) = (read.value.as_ref(), info.clone())
+            && let Some(entry) = read.value.as_ref()
+            && let Some(info) = info.clone().or_else(|| {
+                (!layout.stores_info).then(|| LockInfo {
+                    created: timestamp_now(),
+                    key: key.to_owned(),
+                    metadata: options.metadata.clone(),
+                    seconds_to_lock: bounds.started.elapsed().as_secs_f64(),
+                    session: ours.to_owned(),
+                    hostname: hostname.clone(),
+                    pid: Some(std::process::id()),
+                })
+            })
         {
             // Ours already: an attempt whose answer was lost (a timeout after the commit) took
             // it. Waiting for ourselves would never end.
@@ -622,7 +740,11 @@ async fn attempts<C: Future<Output = ()>>(
                 value: entry.value.clone(),
                 info,
                 lock_index: entry.lock_index,
-                fencing_token: entry.modify_index,
+                fencing_token: Some(entry.modify_index),
+                what: held::What::Key {
+                    key: key.to_owned(),
+                    flags: layout.flags,
+                },
             });
         }
         lock_delay_backoff = LOCK_DELAY_BACKOFF_START;
