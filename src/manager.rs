@@ -28,7 +28,8 @@ pub use crate::supervisor::DEFAULT_KILL_GRACE;
 /// // With CONSUL_HTTP_ADDR and friends set: LockManager::from_env()?
 /// let manager = LockManager::for_address(&address)?;
 /// let guard = manager.acquire("jobs/report", Default::default()).await?;
-/// println!("holding {} with fencing token {}", guard.info().key, guard.fencing_token());
+/// let token = guard.fencing_token().expect("a single lock has a fencing token");
+/// println!("holding {} with fencing token {token}", guard.info().key);
 /// assert!(manager.find("jobs/report").await?.is_some());
 /// guard.release().await?;
 /// assert!(manager.find("jobs/report").await?.is_none());
