@@ -28,7 +28,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             guard = acquire => guard?,
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
-        println!("leading with fencing token {}", guard.fencing_token().unwrap_or_default());
+        println!(
+            "leading with fencing token {}",
+            guard.fencing_token().unwrap_or_default()
+        );
         let mut ticks = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {

@@ -5,7 +5,7 @@
 //! supervise_demo [--kill-grace-ms N] [--subreaper] [--report-zombies] -- PROG [ARGS...]
 //! ```
 //! Installs the signal intake first, runs PROG directly (no shell) on a current-thread runtime on
-//! the main thread, and exits with the child's code (128 + N for signal N). `--report-zombies`
+//! the main thread, and exits with the child's code (1 when it did not exit by itself). `--report-zombies`
 //! waits (up to 5 s) until this process has no zombie in its PID namespace's /proc and prints
 //! `zombies N` on stderr: as PID 1 every orphan must have been reaped.
 
@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use consullock::clock::Deadline;
 use consullock::supervisor::{
-    ChildCommand, Outcome, Signals, SpawnFailure, SupervisorOptions, become_subreaper, is_pid1,
-    supervise,
+    ChildCommand, Outcome, Signals, SupervisorOptions, become_subreaper, is_pid1, supervise,
 };
 
 fn main() -> ExitCode {
@@ -79,18 +78,14 @@ fn run() -> Result<i32, Box<dyn std::error::Error>> {
     if report_zombies {
         eprintln!("zombies {}", wait_for_no_zombies(Duration::from_secs(5)));
     }
+    // The outcome is printed above; turning it into exit codes is each program's own business
+    // (consullock's is in src/cli/exit.rs): here, the command's code, or 1.
+    if let Outcome::SpawnFailed { error, .. } = &outcome {
+        eprintln!("supervise_demo: {error}");
+    }
     Ok(match outcome {
         Outcome::Exited(code) => code,
-        Outcome::Signaled(signal) => 128 + signal.as_raw(),
-        Outcome::SpawnFailed { failure, error } => {
-            eprintln!("supervise_demo: {error}");
-            match failure {
-                SpawnFailure::NotFound => 127,
-                SpawnFailure::CannotExecute => 126,
-            }
-        }
-        Outcome::NotStarted { signal } => 128 + signal.as_raw(),
-        Outcome::LockLost { .. } => 101,
+        _ => 1,
     })
 }
 
