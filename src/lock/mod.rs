@@ -34,7 +34,7 @@ transaction (`attempt.rs`), and waiters line up (`queue.rs`) so that a release w
 
 The parts: `value.rs` (what is stored), `attempt.rs` (one try), `queue.rs` (the line of
 waiters), `wait.rs` (bounded waiting), `held.rs` (watch and release), `find.rs` (find and
-unlock anyone's).
+unlock anyone's), `status.rs` (who holds a lock, in any layout, read-only).
 */
 
 mod attempt;
@@ -42,6 +42,7 @@ mod find;
 mod held;
 pub mod layout;
 mod queue;
+mod status;
 mod value;
 mod wait;
 
@@ -62,6 +63,10 @@ pub use find::{
 };
 pub use held::{HeldLock, ReleaseError, ReleaseFailure};
 pub use queue::{MAX_QUEUE_TTL, is_queue_key, queue_prefix};
+pub use status::{
+    KeyStatus, Layout, LockStatus, PROBE_SESSION, SemaphoreHolder, SessionDetails,
+    UnknownLockDelay, status, status_regex,
+};
 pub use value::{LockInfo, QueueEntry, is_lock_value, timestamp_now};
 use wait::{Bounds, EarlyReturnBackoff, ErrorBudget, WaitError, wait_for_change};
 
