@@ -1472,6 +1472,57 @@ fn txn_lock_honours_lock_delay(c: &TestConsul) {
     assert!(delete_bool(c, &format!("/v1/kv/{key}")));
 }
 
+/// `consullock status`'s lock-delay probe: a `lock` op for the nil session, which no session
+/// can have (Consul makes every session id itself), is refused either way and changes nothing.
+/// Under a lock-delay, `preCheck` (`agent/consul/txn_endpoint.go`) refuses it before Raft with
+/// the text `kvsPreApply` (`agent/consul/kvs_endpoint.go`) leads to; otherwise the state store
+/// refuses it (`invalid session`) and rolls the transaction back. Every op is pre-checked, so
+/// an op beside a refused one gets no error of its own.
+fn txn_lock_for_the_nil_session_changes_nothing(c: &TestConsul) {
+    const NIL: &str = "00000000-0000-0000-0000-000000000000";
+    let absent = c.unique_key("nil-absent");
+    let present = c.unique_key("nil-present");
+    let delayed = c.unique_key("nil-delayed");
+    let lock = |key: &str| json!({"KV": {"Verb": "lock", "Key": key, "Value": "", "Flags": 0, "Session": NIL}});
+    let invalid = format!("invalid session {NIL:?}");
+
+    assert_eq!(
+        txn_errors(&txn(c, json!([lock(&absent)]))),
+        vec![(0, invalid.clone())]
+    );
+    assert_eq!(c.get(&format!("/v1/kv/{absent}")).status, 404);
+
+    assert!(put_bool(c, &format!("/v1/kv/{present}?flags=7"), b"data"));
+    let before = entry(c, &present);
+    assert_eq!(
+        txn_errors(&txn(c, json!([lock(&present)]))),
+        vec![(0, invalid.clone())]
+    );
+    assert_eq!(entry(c, &present), before, "the entry is untouched");
+
+    // The default behaviour (release) keeps the key, free, under the lock-delay.
+    let dead = session(c, json!({"LockDelay": "15s"}));
+    assert!(put_bool(
+        c,
+        &format!("/v1/kv/{delayed}?acquire={}", dead.id),
+        b"held"
+    ));
+    c.destroy_session(&dead.id);
+    let after_destroy = entry(c, &delayed);
+    assert!(after_destroy.get("Session").is_none(), "{after_destroy}");
+    assert_eq!(
+        txn_errors(&txn(c, json!([lock(&delayed), lock(&absent)]))),
+        vec![(
+            0,
+            format!("failed to lock key {delayed:?} due to lock delay")
+        )]
+    );
+    assert_eq!(entry(c, &delayed), after_destroy, "the entry is untouched");
+    assert_eq!(c.get(&format!("/v1/kv/{absent}")).status, 404);
+    assert!(delete_bool(c, &format!("/v1/kv/{present}")));
+    assert!(delete_bool(c, &format!("/v1/kv/{delayed}")));
+}
+
 /// Reads and checks: `get-tree`, `get-or-empty`, `check-not-exists`, and the texts of a missing
 /// key.
 fn txn_reads_and_checks(c: &TestConsul) {
@@ -2034,6 +2085,7 @@ cases![
     txn_check_session_then_delete,
     txn_lock_conflicts,
     txn_lock_honours_lock_delay,
+    txn_lock_for_the_nil_session_changes_nothing,
     txn_reads_and_checks,
     txn_read_only_skips_raft,
     txn_bad_bodies_are_400,

@@ -68,6 +68,9 @@ pub(crate) enum Command {
     Lock(LockArgs),
     /// Release a lock (anyone's) by destroying the session that holds it.
     Unlock(UnlockArgs),
+    /// Show who holds a lock (consullock's, `consul lock`'s or a semaphore) without changing
+    /// anything: JSON, or a table on a terminal.
+    Status(StatusArgs),
     /// Run a command while holding a lock: renew it, forward signals, stop the command if the
     /// lock is lost, release it when the command ends, and exit with the command's code.
     Execute(ExecuteArgs),
@@ -227,6 +230,26 @@ pub(crate) struct UnlockArgs {
     pub(crate) key: String,
 }
 
+/// `status` options.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Treat KEY as a regular expression and report every held lock whose key fully matches it
+    /// (no lock-delay check).
+    #[arg(short = 'r', long = "regex")]
+    pub(crate) regex: bool,
+
+    /// Print JSON even on a terminal (the default when stdout is not one).
+    #[arg(long, conflicts_with = "table")]
+    pub(crate) json: bool,
+
+    /// Print a table even when stdout is not a terminal (the default on one).
+    #[arg(long)]
+    pub(crate) table: bool,
+
+    /// Lock key (or regular expression with -r); for `consul lock`, its prefix.
+    pub(crate) key: String,
+}
+
 /// `execute` options.
 #[derive(Debug, Args)]
 pub(crate) struct ExecuteArgs {
@@ -349,7 +372,14 @@ mod tests {
         ] {
             let script = String::from_utf8(completions(shell)).unwrap();
             assert!(script.contains("consullock"), "{shell}");
-            for word in ["lock", "unlock", "execute", "session-ttl", "kill-grace"] {
+            for word in [
+                "lock",
+                "unlock",
+                "execute",
+                "status",
+                "session-ttl",
+                "kill-grace",
+            ] {
                 assert!(script.contains(word), "{shell} lacks {word}");
             }
         }

@@ -1,8 +1,8 @@
 /*!
 The command line: parse, run the subcommand, map the outcome to an exit code.
 
-stdout carries only results (JSON for `lock` and `unlock`; the child's own output for `execute`);
-everything else goes to stderr.
+stdout carries only results (JSON for `lock`, `unlock` and `status`, or `status`'s table on a
+terminal; the child's own output for `execute`); everything else goes to stderr.
 */
 
 use std::ffi::OsString;
@@ -13,6 +13,7 @@ mod execute;
 pub(crate) mod exit;
 mod hooks;
 pub(crate) mod log;
+mod status;
 
 use consullock::Error;
 use consullock::config::ConsulConfig;
@@ -90,6 +91,7 @@ pub(crate) fn run(args: Vec<OsString>) -> i32 {
         match cli.command {
             Command::Lock(args) => run_lock(args).await,
             Command::Unlock(args) => run_unlock(args).await,
+            Command::Status(args) => status::run(args).await,
             Command::Execute(args) => {
                 // clap drops the `--` that marks the direct form of a single-argument command.
                 let direct = args.command.len() > 1 || raw_args.iter().any(|a| a == "--");

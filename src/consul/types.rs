@@ -95,6 +95,28 @@ pub struct SessionEntry {
     /// Raft index of creation.
     #[serde(rename = "CreateIndex", default)]
     pub create_index: u64,
+    /// Node checks bound to the session (Consul 1.7 and later; `null` or absent for none).
+    #[serde(rename = "NodeChecks", default)]
+    pub node_checks: Option<Vec<serde_json::Value>>,
+    /// Service checks bound to the session (Consul 1.7 and later).
+    #[serde(rename = "ServiceChecks", default)]
+    pub service_checks: Option<Vec<serde_json::Value>>,
+    /// Checks bound to the session, as Consul before 1.7 answers them (deprecated since,
+    /// and left out when empty).
+    #[serde(rename = "Checks", default)]
+    pub checks: Option<Vec<serde_json::Value>>,
+}
+
+impl SessionEntry {
+    /// Whether no health check can invalidate the session: only its TTL (or a destroy) ends it.
+    /// Consul answers the checks in `NodeChecks` and `ServiceChecks` (1.7 and later) or in
+    /// `Checks` (before), and leaves an empty list out or as `null`, so a session is TTL-only
+    /// when none of the three names a check.
+    pub fn ttl_only(&self) -> bool {
+        [&self.node_checks, &self.service_checks, &self.checks]
+            .iter()
+            .all(|checks| checks.as_ref().is_none_or(Vec::is_empty))
+    }
 }
 
 /// The JSON of a KV entry, before its base64 value is decoded.
@@ -378,6 +400,25 @@ mod tests {
         assert_eq!(go_duration(Duration::from_secs(15)), "15s");
         assert_eq!(go_duration(Duration::from_millis(10_900)), "10900ms");
         assert_eq!(go_duration(Duration::new(10, 500)), "10000000500ns");
+    }
+
+    #[test]
+    fn ttl_only_sessions_are_those_without_checks() {
+        let session = |json: &str| serde_json::from_str::<SessionEntry>(json).unwrap();
+        // Consul 1.7 and later: the default node check, then none in each form Consul uses.
+        assert!(
+            !session(r#"{"ID":"a","NodeChecks":["serfHealth"],"ServiceChecks":null}"#).ttl_only()
+        );
+        assert!(session(r#"{"ID":"a","NodeChecks":[],"ServiceChecks":null}"#).ttl_only());
+        assert!(session(r#"{"ID":"a","NodeChecks":null,"ServiceChecks":null}"#).ttl_only());
+        assert!(
+            !session(r#"{"ID":"a","NodeChecks":[],"ServiceChecks":[{"ID":"web","Namespace":""}]}"#)
+                .ttl_only()
+        );
+        // Before 1.7: `Checks` only.
+        assert!(!session(r#"{"ID":"a","Checks":["serfHealth"]}"#).ttl_only());
+        assert!(session(r#"{"ID":"a","Checks":[]}"#).ttl_only());
+        assert!(session(r#"{"ID":"a"}"#).ttl_only());
     }
 
     #[test]

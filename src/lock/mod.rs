@@ -39,7 +39,8 @@ share locks while a fleet moves from one to the other (`layout.rs`).
 
 The parts: `value.rs` (what is stored), `layout.rs` (Go's keys and flags), `attempt.rs` (one
 try), `queue.rs` (the line of waiters), `semaphore.rs` (slots), `wait.rs` (bounded waiting),
-`held.rs` (watch and release), `find.rs` (find and unlock anyone's).
+`held.rs` (watch and release), `find.rs` (find and unlock anyone's), `status.rs` (who holds a
+lock, in any layout, read-only).
 */
 
 mod attempt;
@@ -48,6 +49,7 @@ mod held;
 pub mod layout;
 mod queue;
 mod semaphore;
+mod status;
 mod value;
 mod wait;
 
@@ -68,6 +70,10 @@ pub use find::{
 };
 pub use held::{HeldLock, ReleaseError, ReleaseFailure};
 pub use queue::{MAX_QUEUE_TTL, is_queue_key, queue_prefix};
+pub use status::{
+    FoundLayout, KeyStatus, LockStatus, PROBE_SESSION, SemaphoreHolder, SessionDetails,
+    UnknownLockDelay, status, status_regex,
+};
 pub use value::{LockInfo, QueueEntry, is_lock_value, timestamp_now};
 use wait::{Bounds, EarlyReturnBackoff, ErrorBudget, WaitError, wait_for_change};
 

@@ -37,7 +37,7 @@ use super::{ChildCommand, Outcome, Signals, SupervisorOptions};
 use crate::clock::Deadline;
 
 /// The first argument that makes a program serve as the relay and init (see
-/// [`serve_if_requested`]).
+/// [`init_request`] and [`relay`]).
 pub const INIT_ARGUMENT: &str = "__consullock-contain-init";
 
 /// The relay's command line: `PROGRAM __consullock-contain-init GRACE_MS -- ARGV...`.
