@@ -18,5 +18,6 @@ mod proxy;
 mod review_findings;
 mod round_trips;
 mod safety;
+mod semaphore;
 mod support;
 mod torture;
