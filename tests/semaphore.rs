@@ -97,7 +97,8 @@ fn take(contender: &mut Contender, who: &str) -> Held {
 }
 
 /// Everything a contender that gave up might have left: the keys under `prefix` (with their
-/// indexes), the sessions, and the dev server's count of writes.
+/// indexes), the sessions named after it (consullock's and Go's), and the dev server's count
+/// of writes.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     listing: Vec<Value>,
@@ -109,7 +110,7 @@ fn snapshot(consul: &TestConsul, prefix: &str) -> Snapshot {
     Snapshot {
         listing: consul.kv_listing(prefix),
         sessions: consul
-            .sessions()
+            .sessions_of(prefix)
             .iter()
             .map(|s| s["ID"].as_str().expect("ID").to_string())
             .collect(),
@@ -601,7 +602,7 @@ fn layouts_exclude_only_on_their_own_keys() {
         GoLock::spawn(&client, opts).wait(HANDSHAKE).err(),
         Some(GoError::Stopped)
     );
-    // And a second consul-lock contender on KEY too, while the own layout's is free again.
+    // A second contender of either layout on KEY is refused: each layout excludes on its key.
     let output = consullock(&consul, &["lock", "-n", "1", "--non-blocking", &key]);
     assert_eq!(code(&output), 100, "{}", stderr(&output));
     let output = consullock(&consul, &["lock", "--non-blocking", &key]);
