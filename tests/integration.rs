@@ -18,6 +18,7 @@ mod proxy;
 mod review_findings;
 mod round_trips;
 mod safety;
+mod semaphore;
 mod status;
 mod support;
 mod torture;

@@ -56,11 +56,18 @@ fn logged(consul: &TestConsul) -> Vec<Logged> {
 
 /// The requests logged after the first `before` ones, once the log has settled.
 fn logged_since(consul: &TestConsul, before: usize) -> Vec<Logged> {
+    settled(consul);
+    logged(consul).split_off(before)
+}
+
+/// How many requests the log holds once it shows every request the server answered so far
+/// (the log is written a moment after the answer).
+fn settled(consul: &TestConsul) -> usize {
     let expected = consul.dev_stats().unwrap()["requests"].as_u64().unwrap() as usize;
     wait_until(HANDSHAKE, "the server's log to catch up", || {
         logged(consul).len() >= expected
     });
-    logged(consul).split_off(before)
+    logged(consul).len()
 }
 
 fn lock_command(consul: &TestConsul, args: &[&str]) -> std::process::Command {
@@ -73,7 +80,7 @@ fn lock_command(consul: &TestConsul, args: &[&str]) -> std::process::Command {
 fn an_uncontended_execute_makes_four_writes_and_no_consistent_read() {
     let consul = TestConsul::start_dev_server(&["-v"]);
     let key = consul.unique_key("uncontended");
-    let before = logged(&consul).len();
+    let before = settled(&consul);
     let output = run({
         let mut command = consul.command();
         command.args(["execute", &key, "--", "true"]);
@@ -105,7 +112,7 @@ fn a_non_blocking_attempt_on_a_held_key_writes_nothing() {
     let key = consul.unique_key("held-non-blocking");
     assert_eq!(code(&run(lock_command(&consul, &[&key]))), 0);
     let sessions = consul.sessions().len();
-    let before = logged(&consul).len();
+    let before = settled(&consul);
     let output = run({
         let mut command = consul.command();
         command.args(["execute", "--non-blocking", &key, "--", "true"]);
@@ -234,7 +241,7 @@ fn without_transactions_locks_fall_back_to_acquire_and_release() {
     let consul = TestConsul::start_dev_server(&["-v", "--test-faults"]);
     consul.faults(serde_json::json!({"no_txn": true}));
     let key = consul.unique_key("no-txn");
-    let before = logged(&consul).len();
+    let before = settled(&consul);
     let output = run({
         let mut command = consul.command();
         command.args(["execute", &key, "--", "true"]);

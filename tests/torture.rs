@@ -58,14 +58,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::process::monotonic_ns;
 use crate::support::proxy::{Mode, Proxy};
+use crate::support::stamps::{heartbeat, parse_stamp};
 use crate::support::{TestConsul, wait_until};
 
 /// Session TTL of the contenders: Consul's minimum.
@@ -164,23 +165,6 @@ fn verbosity(index: u64) -> &'static [&'static str] {
         1 => &["-v"],
         _ => &[],
     }
-}
-
-/// The `heartbeat` example binary, built on demand when `cargo test` was limited to this test
-/// binary (examples are only built by a plain `cargo test`).
-fn heartbeat_helper() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_consullock"));
-    let path = bin.parent().unwrap().join("examples").join("heartbeat");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "heartbeat"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build --example heartbeat");
-        assert!(status.success(), "building the heartbeat helper failed");
-    }
-    path
 }
 
 /// A tiny xorshift generator: reproducible from the printed seed, no dependency.
@@ -444,26 +428,6 @@ fn holder_run(consul: &TestConsul, shared: &Shared, key: &str) -> Option<Holder>
     Some(Holder { session, pid, run })
 }
 
-/// One stamp line: `KIND RUN TAG PID NS`.
-struct Stamp<'a> {
-    run: u64,
-    tag: &'a str,
-    pid: u32,
-    at: u128,
-}
-
-fn parse_stamp(line: &str) -> Option<Stamp<'_>> {
-    match line.split_whitespace().collect::<Vec<_>>()[..] {
-        [_, run, tag, pid, at] => Some(Stamp {
-            run: run.parse().ok()?,
-            tag,
-            pid: pid.parse().ok()?,
-            at: at.parse().ok()?,
-        }),
-        _ => None,
-    }
-}
-
 /// The contenders that have started a critical section so far.
 fn held_by(log: &Path) -> HashSet<u64> {
     std::fs::read_to_string(log)
@@ -517,7 +481,7 @@ fn torture_mutual_exclusion_under_faults() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let heartbeat = heartbeat_helper();
+    let heartbeat = heartbeat();
     let consul = Arc::new(TestConsul::start_dev_server(&[]));
     let key = consul.unique_key("torture");
     let log = std::env::temp_dir().join(format!("consullock-torture-{}.log", std::process::id()));

@@ -43,8 +43,9 @@ pub async fn find(client: &Client, key: &str) -> Result<Option<FoundLock>, Consu
 }
 
 /// The names of every key that fully matches `pattern`, sorted: listed under the pattern's
-/// literal prefix without their values (a prefix may hold far more data than locks). Entries of
-/// lock queues are left out.
+/// literal prefix without their values (a prefix may hold far more data than locks). The
+/// `PREFIX/.lock` of a matching PREFIX counts as matching too: that is where `consul lock`'s
+/// layouts keep the lock on PREFIX. Entries of lock queues are left out.
 pub async fn find_keys(
     client: &Client,
     pattern: &regex::Regex,
@@ -58,7 +59,12 @@ pub async fn find_keys(
     let mut keys: Vec<String> = listed
         .value
         .into_iter()
-        .filter(|key| anchored.is_match(key) && !queue::is_queue_key(key))
+        .filter(|key| {
+            let lock_of_match = key
+                .strip_suffix("/.lock")
+                .is_some_and(|prefix| anchored.is_match(prefix));
+            (anchored.is_match(key) || lock_of_match) && !queue::is_queue_key(key)
+        })
         .collect();
     keys.sort();
     Ok(keys)
@@ -107,6 +113,16 @@ pub async fn unlock(client: &Client, key: &str, force: bool) -> Result<Unlocked,
             _ => return Ok(Unlocked::NotHeld),
         },
     };
+    unlock_entry(client, &found, force).await
+}
+
+/// Releases the lock `found` is, by its flags: `consul lock`'s, a semaphore's (its `.lock` or
+/// one contender's key), or a key of consullock's own layout.
+async fn unlock_entry(
+    client: &Client,
+    found: &FoundLock,
+    force: bool,
+) -> Result<Unlocked, ConsulError> {
     match found.entry.flags {
         layout::LOCK_FLAG_VALUE => match found.holder.as_deref() {
             Some(session) => {
@@ -122,9 +138,9 @@ pub async fn unlock(client: &Client, key: &str, force: bool) -> Result<Unlocked,
             Some(prefix) => unlock_semaphore(client, prefix, &found.key, force).await,
             // One contender's key: that slot, as a lock of its own (the next contender prunes
             // it from `.lock`).
-            None => unlock_found(client, &found, force).await,
+            None => unlock_found(client, found, force).await,
         },
-        _ => unlock_found(client, &found, force).await,
+        _ => unlock_found(client, found, force).await,
     }
 }
 
@@ -228,6 +244,12 @@ pub struct UnlockedKeys {
 }
 
 /// Releases every held lock whose key fully matches `pattern` (see [`unlock`] for `force`).
+///
+/// Each matching key is released as what it is, so a key locked in consullock's layout and its
+/// `KEY/.lock` held in `consul lock`'s are both released. A `.lock` of `consul lock`'s layouts
+/// (its flags say which) is reported by its prefix, as `unlock PREFIX` takes it, and a
+/// semaphore's contender keys (`PREFIX/<session id>`) are left to its `.lock`. The lists are
+/// sorted, each name once.
 pub async fn unlock_regex(
     client: &Client,
     pattern: &regex::Regex,
@@ -235,35 +257,43 @@ pub async fn unlock_regex(
 ) -> Result<UnlockedKeys, ConsulError> {
     let mut unlocked = UnlockedKeys::default();
     let keys = find_keys(client, pattern).await?;
-    // A `.lock` stands for its prefix's lock or semaphore: unlock it through the prefix, once,
-    // and leave the semaphore's contender keys (`PREFIX/<session id>`) to it.
     let prefixes: Vec<&str> = keys
         .iter()
         .filter_map(|k| k.strip_suffix("/.lock"))
         .collect();
-    let mut seen = std::collections::BTreeSet::new();
     for key in &keys {
-        let key = match key.strip_suffix("/.lock") {
-            Some(prefix) => prefix,
-            None if prefixes.iter().any(|p| {
-                key.strip_prefix(p)
-                    .and_then(|rest| rest.strip_prefix('/'))
-                    .is_some_and(|name| uuid::Uuid::try_parse(name).is_ok())
-            }) =>
-            {
-                continue;
-            }
-            None => key.as_str(),
-        };
-        if !seen.insert(key.to_owned()) {
+        let contender = prefixes.iter().any(|p| {
+            key.strip_prefix(p)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|name| uuid::Uuid::try_parse(name).is_ok())
+        });
+        if contender {
             continue;
         }
-        let key = key.to_owned();
-        match unlock(client, &key, force).await? {
-            Unlocked::Released => unlocked.released.push(key),
-            Unlocked::NotALock => unlocked.not_locks.push(key),
+        // Gone since it was listed: nothing to release.
+        let Some(found) = find(client, key).await? else {
+            continue;
+        };
+        let name = match key.strip_suffix("/.lock") {
+            Some(prefix)
+                if matches!(
+                    found.entry.flags,
+                    layout::LOCK_FLAG_VALUE | layout::SEMAPHORE_FLAG_VALUE
+                ) =>
+            {
+                prefix
+            }
+            _ => key.as_str(),
+        };
+        match unlock_entry(client, &found, force).await? {
+            Unlocked::Released => unlocked.released.push(name.to_owned()),
+            Unlocked::NotALock => unlocked.not_locks.push(name.to_owned()),
             Unlocked::NotHeld => {}
         }
+    }
+    for list in [&mut unlocked.released, &mut unlocked.not_locks] {
+        list.sort();
+        list.dedup();
     }
     Ok(unlocked)
 }

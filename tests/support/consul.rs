@@ -11,6 +11,7 @@
 //! configured ACL token, `/_devserver/stats`), and running them against the dev server still
 //! checks the dev server, which is better than skipping them.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -273,6 +274,77 @@ impl TestConsul {
         assert_eq!(self.key_entry(key), None, "key {key} left behind");
     }
 
+    /// Every entry under `prefix` (`?recurse`, listed by string prefix as Consul does), empty
+    /// when there is none.
+    pub(crate) fn kv_listing(&self, prefix: &str) -> Vec<serde_json::Value> {
+        let response = self.get(&format!("/v1/kv/{prefix}?recurse"));
+        match response.status {
+            404 => Vec::new(),
+            200 => match response.json() {
+                serde_json::Value::Array(entries) => entries,
+                other => panic!("listing {prefix} is not an array: {other}"),
+            },
+            other => panic!("GET /v1/kv/{prefix}?recurse: {other} {}", response.text()),
+        }
+    }
+
+    /// The names of the keys under `prefix`, sorted.
+    pub(crate) fn keys_under(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .kv_listing(prefix)
+            .iter()
+            .map(|e| e["Key"].as_str().expect("Key").to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The sessions named in the `Holders` of a semaphore's `PREFIX/.lock`, read over raw
+    /// HTTP; `None` when `.lock` does not exist.
+    pub(crate) fn semaphore_holders(&self, prefix: &str) -> Option<BTreeSet<String>> {
+        let entry = self.key_entry(&format!("{prefix}/.lock"))?;
+        let text = value_text(&entry).expect(".lock has a value");
+        let value: serde_json::Value = serde_json::from_str(&text).expect(".lock holds JSON");
+        Some(
+            value["Holders"]
+                .as_object()
+                .expect("Holders is an object")
+                .keys()
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Whether the session exists.
+    pub(crate) fn session_exists(&self, id: &str) -> bool {
+        self.get(&format!("/v1/session/info/{id}")).json() != serde_json::json!([])
+    }
+
+    /// The sessions consullock made for `key` (named `consullock KEY on HOST (pid N)`), by
+    /// exact key: a longer key that starts with it does not count.
+    pub(crate) fn consullock_sessions(&self, key: &str) -> Vec<serde_json::Value> {
+        let name = format!("consullock {key} on ");
+        self.sessions()
+            .into_iter()
+            .filter(|s| s["Name"].as_str().is_some_and(|n| n.starts_with(&name)))
+            .collect()
+    }
+
+    /// The session of the consullock process `pid` for `key`, if it has one.
+    pub(crate) fn consullock_session_of(&self, key: &str, pid: i32) -> Option<String> {
+        let suffix = format!(" (pid {pid})");
+        self.consullock_sessions(key)
+            .into_iter()
+            .find(|s| s["Name"].as_str().is_some_and(|n| n.ends_with(&suffix)))
+            .map(|s| s["ID"].as_str().expect("ID").to_string())
+    }
+
+    /// The dev server's count of write requests (`/_devserver/stats`); None on a real Consul.
+    pub(crate) fn writes(&self) -> Option<u64> {
+        self.dev_stats()
+            .map(|s| s["writes"].as_u64().expect("writes"))
+    }
+
     /// The session holding `key`, if any.
     pub(crate) fn holder(&self, key: &str) -> Option<String> {
         let response = self.get(&format!("/v1/kv/{key}"));
@@ -304,6 +376,17 @@ impl Drop for TestConsul {
             let _ = child.wait();
         }
     }
+}
+
+/// The decoded value of a KV entry as the HTTP API shows it (`None` for JSON null).
+pub(crate) fn value_text(entry: &serde_json::Value) -> Option<String> {
+    use base64::Engine;
+    entry["Value"].as_str().map(|b64| {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64 value");
+        String::from_utf8(bytes).expect("UTF-8 value")
+    })
 }
 
 /// Polls `f` every few milliseconds until it holds; panics naming `what` after `deadline`.

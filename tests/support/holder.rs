@@ -40,3 +40,25 @@ pub(crate) fn hold(consul: &TestConsul, key: &str, settings: &[&str]) -> Running
     holder.ready_pid();
     holder
 }
+
+/// An `execute` holding `key` (with `settings` before the key) whose command is `print_signals
+/// --stdin --exit-on-term`, once that command runs: it ends by itself (exit 0) when the test
+/// closes its stdin ([`Running::wait`] does), and exits 143 on TERM.
+pub(crate) fn hold_until_stdin_closes(
+    consul: &TestConsul,
+    key: &str,
+    settings: &[&str],
+) -> Running {
+    let print_signals = example("print_signals");
+    let mut command = consul.command();
+    command.arg("execute").args(settings).args([
+        key,
+        "--",
+        print_signals.to_str().unwrap(),
+        "--stdin",
+        "--exit-on-term",
+    ]);
+    let mut holder = Running::start(command, true);
+    holder.ready_pid();
+    holder
+}

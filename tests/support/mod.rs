@@ -10,6 +10,7 @@ pub(crate) mod holder;
 pub(crate) mod http;
 pub(crate) mod process;
 pub(crate) mod proxy;
+pub(crate) mod stamps;
 
 pub(crate) use consul::{TestConsul, wait_until};
 #[allow(unused_imports)]
