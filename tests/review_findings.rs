@@ -519,6 +519,7 @@ fn subreaper_a_descendant_that_keeps_changing_pid_is_stopped_before_the_release(
         "import os, sys, time\n\
          stamp, stop = sys.argv[1], sys.argv[2]\n\
          os.setsid()\n\
+         open(stamp + '.group', 'w').write(str(os.getpgrp()))\n\
          while not os.path.exists(stop):\n    \
          if os.fork() != 0:\n        os._exit(0)\n    \
          with open(stamp, 'a') as f: f.write('x')\n    \
@@ -531,6 +532,35 @@ fn subreaper_a_descendant_that_keeps_changing_pid_is_stopped_before_the_release(
         stamp.display(),
         stop.display()
     );
+    // Whatever happens below, the hopper must not outlive the test: it keeps its process group
+    // (the one it made with setsid), which one kill reaches however fast it forks.
+    struct KillGroup(std::path::PathBuf);
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            if let Some(group) = std::fs::read_to_string(&self.0)
+                .ok()
+                .and_then(|g| g.trim().parse::<i32>().ok())
+                .filter(|g| *g > 1)
+            {
+                // Only if that group is still the hopper's (a group id can be reused).
+                let hopper_left = std::fs::read_dir("/proc").into_iter().flatten().any(|e| {
+                    let pid = e.file_name();
+                    let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                    let in_group = stat
+                        .rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+                        .is_some_and(|pgrp| pgrp == group.to_string());
+                    in_group
+                        && std::fs::read(format!("/proc/{}/cmdline", pid.to_string_lossy()))
+                            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("hopper.py"))
+                });
+                if hopper_left {
+                    let _ = kill(Pid::from_raw(-group), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+    let _hopper_group = KillGroup(scratch.path("stamp.group"));
     let output = run({
         let mut command = consul.command();
         command.args(["execute", "--subreaper", "--kill-grace", "1", &key, &script]);
