@@ -543,17 +543,22 @@ fn subreaper_a_descendant_that_keeps_changing_pid_is_stopped_before_the_release(
                 .filter(|g| *g > 1)
             {
                 // Only if that group is still the hopper's (a group id can be reused).
-                let hopper_left = std::fs::read_dir("/proc").into_iter().flatten().any(|e| {
-                    let pid = e.file_name();
-                    let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-                    let in_group = stat
-                        .rsplit_once(") ")
-                        .and_then(|(_, rest)| rest.split_whitespace().nth(2))
-                        .is_some_and(|pgrp| pgrp == group.to_string());
-                    in_group
-                        && std::fs::read(format!("/proc/{}/cmdline", pid.to_string_lossy()))
-                            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("hopper.py"))
-                });
+                let hopper_left = std::fs::read_dir("/proc")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| {
+                        let pid = e.file_name();
+                        let stat =
+                            std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                        let in_group = stat
+                            .rsplit_once(") ")
+                            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+                            .is_some_and(|pgrp| pgrp == group.to_string());
+                        in_group
+                            && std::fs::read(format!("/proc/{}/cmdline", pid.to_string_lossy()))
+                                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("hopper.py"))
+                    });
                 if hopper_left {
                     let _ = kill(Pid::from_raw(-group), Signal::SIGKILL);
                 }
