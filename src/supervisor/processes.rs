@@ -94,17 +94,22 @@ impl Tree {
     /// The command's processes that still run, other than the command itself: members of its
     /// group, and (with `descendants`) every descendant of ours but the keeper.
     pub(crate) fn others_running(&self) -> Vec<Proc> {
-        let procs = scan();
-        let mut found: Vec<Proc> = procs
-            .iter()
-            .filter(|p| p.runs() && p.pid != self.child && Some(p.pid) != self.keeper)
-            .filter(|p| p.pgrp == self.child)
-            .copied()
-            .collect();
+        // Listing /proc costs a read per process on the machine: skip it when the kernel says
+        // the group is empty (the usual end of a command).
+        let mut scanned: Option<Vec<Proc>> = None;
+        let mut found: Vec<Proc> = Vec::new();
+        if group_exists(self.child) {
+            let procs = scanned.get_or_insert_with(scan);
+            found.extend(
+                procs
+                    .iter()
+                    .filter(|p| p.runs() && p.pid != self.child && Some(p.pid) != self.keeper)
+                    .filter(|p| p.pgrp == self.child)
+                    .copied(),
+            );
+        }
         if self.descendants {
-            let descendants = descendants_by_children(self.supervisor)
-                .unwrap_or_else(|| descendants_of(self.supervisor, &procs));
-            for p in descendants {
+            for p in self.descendants(&mut scanned) {
                 if p.runs()
                     && p.pid != self.child
                     && Some(p.pid) != self.keeper
@@ -117,18 +122,33 @@ impl Tree {
         found
     }
 
+    /// Every descendant of ours, from the kernel's children lists, or from a /proc listing
+    /// (`scanned`, made now if need be) where the kernel keeps no such lists.
+    fn descendants(&self, scanned: &mut Option<Vec<Proc>>) -> Vec<Proc> {
+        descendants_by_children(self.supervisor)
+            .unwrap_or_else(|| descendants_of(self.supervisor, scanned.get_or_insert_with(scan)))
+    }
+
     /// Sends `signal` to everything of the command: its group, the command by pid (until it is
-    /// reaped), and every other running process found. Returns how many processes outside the
-    /// group were signalled one by one.
+    /// reaped), and (with `descendants`) every other descendant outside the group. Returns how
+    /// many processes outside the group were signalled one by one.
     pub(crate) fn signal_all(&self, signal: Signal) -> usize {
         let Some(sig) = signal.to_nix() else {
             return 0;
         };
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.child), sig);
         super::reaper::signal_unreaped(self.child, signal, self.child);
+        if !self.descendants {
+            return 0;
+        }
         let mut one_by_one = 0;
-        for p in self.others_running() {
-            if p.pgrp != self.child && signal_exact(&p, signal).is_ok() {
+        for p in self.descendants(&mut None) {
+            if p.runs()
+                && p.pgrp != self.child
+                && p.pid != self.child
+                && Some(p.pid) != self.keeper
+                && signal_exact(&p, signal).is_ok()
+            {
                 one_by_one += 1;
             }
         }
@@ -143,6 +163,13 @@ impl Tree {
         }
         super::reaper::signal_unreaped(self.child, signal, self.child);
     }
+}
+
+/// Whether any process (a zombie included) is in process group `group`: one syscall.
+fn group_exists(group: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks; the argument is a plain integer.
+    let rc = unsafe { libc::kill(-group, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Whether `/proc` shows this process's PID namespace: a PID 1 started without a /proc of its
