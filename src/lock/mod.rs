@@ -75,7 +75,7 @@ pub use status::{
     UnknownLockDelay, status, status_regex,
 };
 pub use value::{LockInfo, QueueEntry, is_lock_value, timestamp_now};
-use wait::{Bounds, EarlyReturnBackoff, ErrorBudget, WaitError, wait_for_change};
+use wait::{Bounds, EarlyReturnBackoff, ErrorBudget, after_wait, wait_for_change};
 
 /// Longest single blocking read while waiting for a lock; the server's own default.
 pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(300);
@@ -585,19 +585,14 @@ async fn attempts<C: Future<Output = ()>>(
         }
         // In line and not first: wait for our turn before looking at the lock.
         if let Some(line) = &mut place {
-            match line.wait_turn(client, &mut early_returns, bounds).await {
-                Ok(queue::Turn::First) => {}
-                Ok(queue::Turn::Gone) => {
+            let turn = line.wait_turn(client, &mut early_returns, bounds).await;
+            match after_wait(turn.map(Some), &mut errors, bounds, "a turn in line").await? {
+                Some(queue::Turn::First) => {}
+                Some(queue::Turn::Gone) => {
                     place = None;
                     known = None;
                 }
-                Err(WaitError::Acquire(e)) => return Err(e),
-                Err(WaitError::Consul(e)) if errors.allows(&e, false) => {
-                    tracing::warn!("consul error while waiting in line, retrying: {e}");
-                    bounds.pause(RETRY_INTERVAL).await?;
-                    continue;
-                }
-                Err(WaitError::Consul(e)) => return Err(e.into()),
+                None => continue,
             }
         }
         // Read first: a key holding someone else's data is refused untouched, and a held lock
@@ -693,18 +688,7 @@ async fn attempts<C: Future<Output = ()>>(
                     Ok(Attempt::LockDelay) => {
                         // Free but refused: lock-delay from an invalidated session. Consul does
                         // not say for how long, so back off with a short, capped pause.
-                        if let Some(hooks) = &options.hooks {
-                            bounds
-                                .run(hooks.already_locked(key))
-                                .await
-                                .map_err(|i| bounds.error(i))?;
-                        }
-                        if options.non_blocking {
-                            return Err(AcquireError::NotAcquired {
-                                key: key.to_owned(),
-                                refusal: Refusal::LockDelay,
-                            });
-                        }
+                        refused(options, bounds, key, || Refusal::LockDelay).await?;
                         tracing::debug!(
                             key,
                             backoff = ?lock_delay_backoff,
@@ -754,20 +738,10 @@ async fn attempts<C: Future<Output = ()>>(
             });
         }
         lock_delay_backoff = LOCK_DELAY_BACKOFF_START;
-        if let Some(hooks) = &options.hooks {
-            bounds
-                .run(hooks.already_locked(key))
-                .await
-                .map_err(|i| bounds.error(i))?;
-        }
-        if options.non_blocking {
-            return Err(AcquireError::NotAcquired {
-                key: key.to_owned(),
-                refusal: Refusal::Held {
-                    holder: holder_session,
-                },
-            });
-        }
+        refused(options, bounds, key, || Refusal::Held {
+            holder: holder_session.clone(),
+        })
+        .await?;
         if bounds.past_deadline() {
             return Err(bounds.timed_out());
         }
@@ -808,20 +782,29 @@ async fn attempts<C: Future<Output = ()>>(
             &mut early_returns,
             bounds,
         );
-        match wait.await {
-            Ok(read) => {
-                errors.reset();
-                known = read;
-            }
-            Err(WaitError::Acquire(e)) => return Err(e),
-            Err(WaitError::Consul(e)) if errors.allows(&e, false) => {
-                // A blocking read is the request most exposed to a cut connection or a proxy
-                // that times it out. Pause, then read the key again: the next attempt
-                // reconnects, and errors that go on count against the budget.
-                tracing::warn!("consul error while waiting for the lock, retrying: {e}");
-                bounds.pause(RETRY_INTERVAL).await?;
-            }
-            Err(WaitError::Consul(e)) => return Err(e.into()),
-        }
+        known = after_wait(wait.await, &mut errors, bounds, "the lock").await?;
     }
+}
+
+/// The key is held, or refused though free: tells the hook, and ends a non-blocking attempt
+/// with `refusal`; a blocking one goes on waiting.
+async fn refused<C: Future<Output = ()>>(
+    options: &AcquireOptions,
+    bounds: &mut Bounds<'_, C>,
+    key: &str,
+    refusal: impl FnOnce() -> Refusal,
+) -> Result<(), AcquireError> {
+    if let Some(hooks) = &options.hooks {
+        bounds
+            .run(hooks.already_locked(key))
+            .await
+            .map_err(|i| bounds.error(i))?;
+    }
+    if options.non_blocking {
+        return Err(AcquireError::NotAcquired {
+            key: key.to_owned(),
+            refusal: refusal(),
+        });
+    }
+    Ok(())
 }

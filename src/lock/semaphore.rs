@@ -26,22 +26,20 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::clock;
 use crate::consul::{
     Client, ConsulError, Indexed, KvEntry, PutMode, QueryOptions, TxnOp, TxnOutcome,
 };
-use crate::session::{Liveness, LossReason, RETRY_INTERVAL};
+use crate::session::{LossReason, RETRY_INTERVAL};
 
 use super::layout::{
     LOCK_FLAG_VALUE, SEMAPHORE_FLAG_VALUE, SemaphoreState, contender_key, coordination_key,
     prefix_of,
 };
 use super::value::{LockInfo, timestamp_now};
-use super::wait::{Bounds, EarlyReturnBackoff, ErrorBudget, Interrupt, WaitError};
+use super::wait::{Bounds, EarlyReturnBackoff, ErrorBudget, after_wait, wait_for_listing_change};
 use super::{
-    AcquireError, AcquireOptions, Acquired, Holder, LOCK_DELAY_BACKOFF_START, MAX_BLOCKING_WAIT,
+    AcquireError, AcquireOptions, Acquired, Holder, LOCK_DELAY_BACKOFF_START,
     MIN_LOCK_DELAY_BACKOFF_CAP, Refusal, Waiting, held,
 };
 
@@ -225,18 +223,7 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
                 &mut early_returns,
                 bounds,
             );
-            match wait.await {
-                Ok(read) => {
-                    errors.reset();
-                    known = read;
-                }
-                Err(WaitError::Acquire(e)) => return Err(e),
-                Err(WaitError::Consul(e)) if errors.allows(&e, false) => {
-                    tracing::warn!("consul error while waiting for a slot, retrying: {e}");
-                    bounds.pause(RETRY_INTERVAL).await?;
-                }
-                Err(WaitError::Consul(e)) => return Err(e.into()),
-            }
+            known = after_wait(wait.await, &mut errors, bounds, "a slot").await?;
             continue;
         }
         let session_id = holder
@@ -546,72 +533,6 @@ async fn release_without_txn(
     }
     client.kv_delete(&slot.contender, None).await?;
     Ok(was_holder)
-}
-
-/// Blocks on the prefix until anything under it changes (then returns the listing that shows
-/// it), our session is lost, or the timeout passes (then `None`, and the caller lists again).
-async fn wait_for_listing_change<C: Future<Output = ()>>(
-    client: &Client,
-    prefix: &str,
-    index: u64,
-    liveness: Option<&Liveness>,
-    backoff: &mut EarlyReturnBackoff,
-    bounds: &mut Bounds<'_, C>,
-) -> Result<Option<Indexed<Vec<KvEntry>>>, WaitError> {
-    let mut index = index.max(1);
-    loop {
-        let wait = match bounds.deadline {
-            Some(d) => d
-                .saturating_duration_since(Instant::now())
-                .min(MAX_BLOCKING_WAIT),
-            None => MAX_BLOCKING_WAIT,
-        };
-        if wait.is_zero() {
-            return Ok(None);
-        }
-        let sent = Instant::now();
-        let options = QueryOptions::blocking(index, wait);
-        let read = client.kv_list(prefix, &options);
-        let lost = async {
-            match liveness {
-                Some(l) => {
-                    l.lost().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let result = bounds
-            .run(async {
-                tokio::select! {
-                    result = read => Some(result),
-                    () = lost => None,
-                }
-            })
-            .await;
-        let result = match result {
-            Ok(Some(result)) => result,
-            Ok(None) | Err(Interrupt::TimedOut) => return Ok(None),
-            Err(interrupt) => return Err(WaitError::Acquire(bounds.error(interrupt))),
-        };
-        let read = result.map_err(WaitError::Consul)?;
-        if read.index > index {
-            backoff.reset();
-            return Ok(Some(read));
-        }
-        // Nothing changed: see `wait_for_change` for why an early answer means a pause.
-        if sent.elapsed() < wait / 2 {
-            let pause = backoff.next_pause();
-            tracing::debug!(
-                key = prefix,
-                ?pause,
-                "blocking read returned early without a change"
-            );
-            bounds.pause(pause).await.map_err(WaitError::Acquire)?;
-        } else {
-            backoff.reset();
-        }
-        index = read.index.max(1);
-    }
 }
 
 #[cfg(test)]

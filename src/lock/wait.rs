@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::consul::{Client, ConsulError, Indexed, KvEntry, QueryOptions};
-use crate::session::Liveness;
+use crate::session::{Liveness, RETRY_INTERVAL};
 
 use super::{
     AcquireError, EARLY_RETURN_BACKOFF_CAP, EARLY_RETURN_BACKOFF_START, MAX_BLOCKING_WAIT,
@@ -137,6 +137,32 @@ pub(super) enum WaitError {
     Consul(ConsulError),
 }
 
+/// Folds a wait's outcome into an acquire loop: the read it saw (`None`: read again), or a
+/// transient error retried after a pause while the error budget lasts, or the end of it.
+pub(super) async fn after_wait<T, C: Future<Output = ()>>(
+    outcome: Result<Option<T>, WaitError>,
+    errors: &mut ErrorBudget,
+    bounds: &mut Bounds<'_, C>,
+    waiting_for: &str,
+) -> Result<Option<T>, AcquireError> {
+    match outcome {
+        Ok(read) => {
+            errors.reset();
+            Ok(read)
+        }
+        Err(WaitError::Acquire(e)) => Err(e),
+        Err(WaitError::Consul(e)) if errors.allows(&e, false) => {
+            // A blocking read is the request most exposed to a cut connection or a proxy that
+            // times it out. Pause, then read again: the next attempt reconnects, and errors
+            // that go on count against the budget.
+            tracing::warn!("consul error while waiting for {waiting_for}, retrying: {e}");
+            bounds.pause(RETRY_INTERVAL).await?;
+            Ok(None)
+        }
+        Err(WaitError::Consul(e)) => Err(e.into()),
+    }
+}
+
 /// Blocks on the key until it is deleted, freed or changed (then returns the read that shows
 /// it, so the caller need not read it again), the session is lost, or the timeout passes (then
 /// `None`, and the caller reads the key again). The cancel future ends it with an error.
@@ -148,6 +174,46 @@ pub(super) async fn wait_for_change<C: Future<Output = ()>>(
     backoff: &mut EarlyReturnBackoff,
     bounds: &mut Bounds<'_, C>,
 ) -> Result<Option<Indexed<Option<KvEntry>>>, WaitError> {
+    let read = |options: QueryOptions| async move { client.kv_get(key, &options).await };
+    let changed = |read: &Indexed<Option<KvEntry>>, index: u64| {
+        let holder = read.value.as_ref().and_then(|e| e.session.as_ref());
+        holder.is_none() || read.index > index
+    };
+    wait_until(key, index, read, changed, liveness, backoff, bounds).await
+}
+
+/// Blocks on everything under `prefix` until any of it changes (then returns the listing that
+/// shows it), the session is lost, or the timeout passes (then `None`, and the caller lists
+/// again). The cancel future ends it with an error.
+pub(super) async fn wait_for_listing_change<C: Future<Output = ()>>(
+    client: &Client,
+    prefix: &str,
+    index: u64,
+    liveness: Option<&Liveness>,
+    backoff: &mut EarlyReturnBackoff,
+    bounds: &mut Bounds<'_, C>,
+) -> Result<Option<Indexed<Vec<KvEntry>>>, WaitError> {
+    let read = |options: QueryOptions| async move { client.kv_list(prefix, &options).await };
+    let changed = |read: &Indexed<Vec<KvEntry>>, index: u64| read.index > index;
+    wait_until(prefix, index, read, changed, liveness, backoff, bounds).await
+}
+
+/// The loop behind both waits: blocking reads of `what` from `index` on, until `changed` says
+/// a read shows a change (returned), our session is lost or the timeout passes (`None`).
+async fn wait_until<T, C, R, F>(
+    what: &str,
+    index: u64,
+    read: R,
+    changed: impl Fn(&Indexed<T>, u64) -> bool,
+    liveness: Option<&Liveness>,
+    backoff: &mut EarlyReturnBackoff,
+    bounds: &mut Bounds<'_, C>,
+) -> Result<Option<Indexed<T>>, WaitError>
+where
+    C: Future<Output = ()>,
+    R: Fn(QueryOptions) -> F,
+    F: Future<Output = Result<Indexed<T>, ConsulError>>,
+{
     let mut index = index.max(1);
     loop {
         let wait = match bounds.deadline {
@@ -160,8 +226,7 @@ pub(super) async fn wait_for_change<C: Future<Output = ()>>(
             return Ok(None);
         }
         let sent = Instant::now();
-        let options = QueryOptions::blocking(index, wait);
-        let read = client.kv_get(key, &options);
+        let reading = read(QueryOptions::blocking(index, wait));
         let lost = async {
             match liveness {
                 Some(l) => {
@@ -173,7 +238,7 @@ pub(super) async fn wait_for_change<C: Future<Output = ()>>(
         let result = bounds
             .run(async {
                 tokio::select! {
-                    result = read => Some(result),
+                    result = reading => Some(result),
                     () = lost => None,
                 }
             })
@@ -186,8 +251,7 @@ pub(super) async fn wait_for_change<C: Future<Output = ()>>(
             Err(interrupt) => return Err(WaitError::Acquire(bounds.error(interrupt))),
         };
         let read = result.map_err(WaitError::Consul)?;
-        let holder = read.value.as_ref().and_then(|e| e.session.as_ref());
-        if holder.is_none() || read.value.is_none() || read.index > index {
+        if changed(&read, index) {
             backoff.reset();
             return Ok(Some(read));
         }
@@ -196,7 +260,11 @@ pub(super) async fn wait_for_change<C: Future<Output = ()>>(
         // the next, longer each time, instead of asking again at once.
         if sent.elapsed() < wait / 2 {
             let pause = backoff.next_pause();
-            tracing::debug!(key, ?pause, "blocking read returned early without a change");
+            tracing::debug!(
+                what,
+                ?pause,
+                "blocking read returned early without a change"
+            );
             bounds.pause(pause).await.map_err(WaitError::Acquire)?;
         } else {
             backoff.reset();
