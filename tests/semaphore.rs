@@ -986,3 +986,87 @@ fn a_contender_that_finds_the_semaphore_full_writes_nothing() {
     assert_eq!(consul.keys_under(&prefix), Vec::<String>::new());
     assert_eq!(consul.consullock_sessions(&prefix), Vec::<Value>::new());
 }
+
+/// Other programs elect leaders with Go's `api.Lock` too (Vault keeps `vault/core/lock` with
+/// its flags and a value). Such a key is not `consul lock`'s lock (`PREFIX/.lock`, empty):
+/// `unlock` and `unlock -r` leave its session alone unless forced, `status` calls it foreign,
+/// and `--consul-lock` refuses a `.lock` that holds a value instead of overwriting it.
+#[test]
+fn another_programs_api_lock_keys_are_left_alone() {
+    let consul = TestConsul::start();
+    let base = consul.unique_key("api-lock-user");
+    let leader = format!("{base}/core/lock");
+    let other = format!("{base}/core/leader/node");
+    let session = consul
+        .put("/v1/session/create", b"{\"Name\":\"another program\"}")
+        .json()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let acquire = |key: &str, flags: u64, value: &[u8]| {
+        let path = format!("/v1/kv/{key}?acquire={session}&flags={flags}");
+        assert_eq!(consul.put(&path, value).text(), "true");
+    };
+    acquire(&leader, LOCK_FLAG_VALUE, b"node-1:8200");
+    acquire(&other, 0, b"other");
+
+    let output = consullock(&consul, &["unlock", &leader]);
+    assert_eq!(code(&output), 9, "{output:?}");
+    assert_eq!(stdout(&output).trim(), "null");
+    let output = consullock(&consul, &["unlock", "-r", &format!("{base}/.*")]);
+    assert_eq!(code(&output), 0, "{output:?}");
+    assert_eq!(stdout(&output).trim(), "[]");
+    assert!(stderr(&output).contains(&leader), "{output:?}");
+    assert!(
+        consul.session_exists(&session),
+        "the other program's session was destroyed"
+    );
+    assert_eq!(consul.holder(&other).as_deref(), Some(session.as_str()));
+
+    let output = consullock(&consul, &["status", "--json", &leader]);
+    assert_eq!(code(&output), 0, "{output:?}");
+    let status: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(status["layout"], "foreign", "{status}");
+
+    // A `.lock` with `api.Lock`'s flags and a value, held by nobody: someone's data.
+    let prefix = format!("{base}/data");
+    let dot_lock = format!("{prefix}/.lock");
+    let path = format!("/v1/kv/{dot_lock}?flags={LOCK_FLAG_VALUE}");
+    assert_eq!(consul.put(&path, b"precious").text(), "true");
+    let before = consul.key_entry(&dot_lock);
+    let output = consullock(
+        &consul,
+        &["execute", "--consul-lock", &prefix, "--", "true"],
+    );
+    assert_eq!(code(&output), 9, "{output:?}");
+    assert_eq!(consul.key_entry(&dot_lock), before);
+
+    let output = consullock(&consul, &["unlock", "--force", &leader]);
+    assert_eq!(code(&output), 0, "{output:?}");
+    assert!(!consul.session_exists(&session));
+    consul.delete(&format!("/v1/kv/{base}?recurse"));
+}
+
+/// A prefix often holds data of its own: `unlock PREFIX` still finds `consul lock`'s lock and
+/// the semaphore at `PREFIX/.lock`, releases them, and leaves the data alone.
+#[test]
+fn unlock_finds_the_dot_lock_of_a_prefix_that_holds_data() {
+    let consul = TestConsul::start();
+    for layout in [&["--consul-lock"][..], &["-n", "2"][..]] {
+        let prefix = consul.unique_key("prefix-with-data");
+        assert_eq!(consul.put(&format!("/v1/kv/{prefix}"), b"port=80").text(), "true");
+        let data = consul.key_entry(&prefix);
+        let mut args = layout.to_vec();
+        args.push(&prefix);
+        lock(&consul, &args);
+
+        let output = consullock(&consul, &["unlock", &prefix]);
+        assert_eq!(code(&output), 0, "{layout:?}: {output:?}");
+        assert_eq!(stdout(&output).trim(), format!("\"{prefix}\""), "{layout:?}");
+        assert_eq!(consul.consullock_sessions(&prefix), Vec::<Value>::new());
+        assert_eq!(consul.key_entry(&prefix), data, "{layout:?}: the data changed");
+        let output = consullock(&consul, &["status", "--json", &prefix]);
+        assert_eq!(stdout(&output).trim(), "null", "{layout:?}: {output:?}");
+        consul.delete(&format!("/v1/kv/{prefix}?recurse"));
+    }
+}

@@ -48,8 +48,9 @@ fn describe(entry: &KvEntry) -> String {
 }
 
 /// What `read` shows, for a lock whose key carries `flags`: 0 for consullock's own layout,
-/// whose value must be a lock's JSON; `api.Lock`'s flags for `consul lock`'s, whose value is
-/// not looked at, as `api.Lock` does not (`api/lock.go` checks only the flags).
+/// whose value must be a lock's JSON; `api.Lock`'s flags for `consul lock`'s, whose value must
+/// be empty. (`api/lock.go` checks only the flags, but `consul lock` sets no value,
+/// `command/lock/lock.go`: a value there is another program's data under `api.Lock`.)
 pub(super) fn key_state(read: &crate::consul::Indexed<Option<KvEntry>>, flags: u64) -> KeyState {
     let Some(entry) = &read.value else {
         return KeyState::Free;
@@ -61,6 +62,12 @@ pub(super) fn key_state(read: &crate::consul::Indexed<Option<KvEntry>>, flags: u
                 describe(entry),
                 entry.flags
             ),
+        };
+    }
+    // `consul lock` leaves its key empty: a value is someone's data under `api.Lock`'s flags.
+    if flags == super::layout::LOCK_FLAG_VALUE && !entry.value.is_empty() {
+        return KeyState::NotALock {
+            what: format!("{}, where `consul lock` stores nothing", describe(entry)),
         };
     }
     if flags == 0 && !is_lock_value(&entry.value) {

@@ -100,20 +100,30 @@ pub enum Unlocked {
 /// which gives a live holder time to notice and stop. A key whose value is not a consullock lock
 /// is left alone unless `force`: its session may be another program's leader lock.
 ///
-/// `consul lock`'s layouts are understood too (see [`super::layout`]): when `key` does not
-/// exist, its `key/.lock` is looked at. A `.lock` with `api.Lock`'s flags is a lock, whoever
-/// took it: its session is destroyed. A semaphore's (`key` its prefix, or its `.lock`) frees
-/// the slots of consullock's own contenders, whose keys name their session (every slot with
-/// `force`), and takes them out of `.lock`.
+/// `consul lock`'s layouts are understood too (see [`super::layout`]): when `key` itself is
+/// not a held lock (absent, free, or someone's data: a prefix often holds data), its
+/// `key/.lock` is looked at. An empty `.lock` with `api.Lock`'s flags is `consul lock`'s lock,
+/// whoever took it: its session is destroyed. A semaphore's (`key` its prefix, or its `.lock`)
+/// frees the slots of consullock's own contenders, whose keys name their session (every slot
+/// with `force`), and takes them out of `.lock`.
 pub async fn unlock(client: &Client, key: &str, force: bool) -> Result<Unlocked, ConsulError> {
-    let found = match find(client, key).await? {
-        Some(found) => found,
-        None => match find(client, &layout::coordination_key(key)).await? {
-            Some(found) if found.entry.flags != 0 => found,
-            _ => return Ok(Unlocked::NotHeld),
-        },
+    let own = match find(client, key).await? {
+        Some(found) => unlock_entry(client, &found, force).await?,
+        None => Unlocked::NotHeld,
     };
-    unlock_entry(client, &found, force).await
+    if own == Unlocked::Released {
+        return Ok(own);
+    }
+    let dot_lock = match find(client, &layout::coordination_key(key)).await? {
+        // Flags 0: someone's data, no lock of `key`.
+        Some(found) if found.entry.flags != 0 => unlock_entry(client, &found, force).await?,
+        _ => Unlocked::NotHeld,
+    };
+    Ok(match (own, dot_lock) {
+        (_, Unlocked::Released) => Unlocked::Released,
+        (Unlocked::NotALock, _) | (_, Unlocked::NotALock) => Unlocked::NotALock,
+        _ => Unlocked::NotHeld,
+    })
 }
 
 /// Releases the lock `found` is, by its flags: `consul lock`'s, a semaphore's (its `.lock` or
@@ -124,16 +134,18 @@ async fn unlock_entry(
     force: bool,
 ) -> Result<Unlocked, ConsulError> {
     match found.entry.flags {
-        layout::LOCK_FLAG_VALUE => match found.holder.as_deref() {
-            Some(session) => {
-                client
-                    .session_destroy(session, crate::session::DESTROY_TIMEOUT)
-                    .await?;
-                tracing::info!(key = %found.key, session, "consul lock released by destroying its session");
-                Ok(Unlocked::Released)
+        layout::LOCK_FLAG_VALUE if layout::is_consul_lock(&found.entry) => {
+            match found.holder.as_deref() {
+                Some(session) => {
+                    client
+                        .session_destroy(session, crate::session::DESTROY_TIMEOUT)
+                        .await?;
+                    tracing::info!(key = %found.key, session, "consul lock released by destroying its session");
+                    Ok(Unlocked::Released)
+                }
+                None => Ok(Unlocked::NotHeld),
             }
-            None => Ok(Unlocked::NotHeld),
-        },
+        }
         layout::SEMAPHORE_FLAG_VALUE => match found.key.strip_suffix("/.lock") {
             Some(prefix) => unlock_semaphore(client, prefix, &found.key, force).await,
             // One contender's key: that slot, as a lock of its own (the next contender prunes
@@ -276,10 +288,8 @@ pub async fn unlock_regex(
         };
         let name = match key.strip_suffix("/.lock") {
             Some(prefix)
-                if matches!(
-                    found.entry.flags,
-                    layout::LOCK_FLAG_VALUE | layout::SEMAPHORE_FLAG_VALUE
-                ) =>
+                if layout::is_consul_lock(&found.entry)
+                    || found.entry.flags == layout::SEMAPHORE_FLAG_VALUE =>
             {
                 prefix
             }

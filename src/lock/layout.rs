@@ -53,6 +53,20 @@ pub fn coordination_key(prefix: &str) -> String {
     join(prefix, COORDINATION_KEY)
 }
 
+/// Whether `entry` is a lock of `consul lock PREFIX`'s layout: the key `PREFIX/.lock`, with
+/// `api.Lock`'s flags and the empty value `consul lock` writes. Other programs use `api.Lock`
+/// for their own leader keys (with a value, under another name): those are theirs, not locks
+/// that `unlock` may release or `status` may call `consul lock`'s.
+pub fn is_consul_lock(entry: &KvEntry) -> bool {
+    entry.flags == LOCK_FLAG_VALUE
+        && entry.value.is_empty()
+        && (entry.key == COORDINATION_KEY
+            || entry
+                .key
+                .strip_suffix(COORDINATION_KEY)
+                .is_some_and(|prefix| prefix.ends_with('/')))
+}
+
 /// A semaphore contender's own key: `prefix/<session>`.
 pub fn contender_key(prefix: &str, session: &str) -> String {
     join(prefix, session)

@@ -254,7 +254,7 @@ pub async fn status(client: &Client, key: &str) -> Result<KeyStatus, ConsulError
     }
     if let Some(entry) = &dot_lock {
         match entry.flags {
-            LOCK_FLAG_VALUE => {
+            LOCK_FLAG_VALUE if layout::is_consul_lock(entry) => {
                 if let Some(mut lock) = held_lock(key, &coordination, entry) {
                     sessions.fill(&mut lock).await?;
                     found.push(lock);
@@ -298,7 +298,7 @@ pub async fn status(client: &Client, key: &str) -> Result<KeyStatus, ConsulError
     // An absent `.lock` too: a holder whose session deletes its keys leaves none behind.
     if dot_lock
         .as_ref()
-        .is_none_or(|entry| entry.session.is_none() && entry.flags == LOCK_FLAG_VALUE)
+        .is_none_or(|entry| entry.session.is_none() && layout::is_consul_lock(entry))
     {
         candidates.push((&coordination, FoundLayout::ConsulLock));
     }
@@ -363,7 +363,7 @@ pub async fn status_regex(
         }
         let entry = client.kv_get(name, &plain).await?.value;
         match entry.as_ref().map(|e| e.flags) {
-            Some(LOCK_FLAG_VALUE) => {
+            Some(LOCK_FLAG_VALUE) if entry.as_ref().is_some_and(layout::is_consul_lock) => {
                 parts.insert(name.clone());
                 if let Some(mut lock) = entry.as_ref().and_then(|e| held_lock(prefix, name, e)) {
                     sessions.fill(&mut lock).await?;
@@ -424,7 +424,7 @@ enum Kind {
 
 fn kind(entry: &KvEntry) -> Kind {
     match entry.flags {
-        LOCK_FLAG_VALUE => Kind::ApiLock,
+        LOCK_FLAG_VALUE if layout::is_consul_lock(entry) => Kind::ApiLock,
         // consullock's own contenders store its lock JSON, but carry the semaphore's flags.
         SEMAPHORE_FLAG_VALUE => Kind::Contender,
         _ => match LockInfo::parse(&entry.value) {
