@@ -757,6 +757,9 @@ fn slot_loss_stops_the_command(name: &str, take_away: impl FnOnce(&TestConsul, &
     assert!(holder.stderr().contains("lost"), "{}", holder.stderr());
     assert!(!consul.session_exists(&session));
     assert_eq!(consul.key_entry(&format!("{prefix}/{session}")), None);
+    // Out of `.lock` too: a dead entry left there would pin the limit for good.
+    let holders = consul.semaphore_holders(&prefix).expect("the Go holder's .lock");
+    assert!(!holders.contains(&session), "the lost slot stays: {holders:?}");
     assert!(!go.is_lost(), "the Go holder lost its slot too");
     let released = go.release(DEADLINE).expect("release");
     assert_eq!((released.unlock, released.cleanup), (Ok(()), Ok(())));
@@ -1054,7 +1057,10 @@ fn unlock_finds_the_dot_lock_of_a_prefix_that_holds_data() {
     let consul = TestConsul::start();
     for layout in [&["--consul-lock"][..], &["-n", "2"][..]] {
         let prefix = consul.unique_key("prefix-with-data");
-        assert_eq!(consul.put(&format!("/v1/kv/{prefix}"), b"port=80").text(), "true");
+        assert_eq!(
+            consul.put(&format!("/v1/kv/{prefix}"), b"port=80").text(),
+            "true"
+        );
         let data = consul.key_entry(&prefix);
         let mut args = layout.to_vec();
         args.push(&prefix);
@@ -1062,11 +1068,44 @@ fn unlock_finds_the_dot_lock_of_a_prefix_that_holds_data() {
 
         let output = consullock(&consul, &["unlock", &prefix]);
         assert_eq!(code(&output), 0, "{layout:?}: {output:?}");
-        assert_eq!(stdout(&output).trim(), format!("\"{prefix}\""), "{layout:?}");
+        assert_eq!(
+            stdout(&output).trim(),
+            format!("\"{prefix}\""),
+            "{layout:?}"
+        );
         assert_eq!(consul.consullock_sessions(&prefix), Vec::<Value>::new());
-        assert_eq!(consul.key_entry(&prefix), data, "{layout:?}: the data changed");
+        assert_eq!(
+            consul.key_entry(&prefix),
+            data,
+            "{layout:?}: the data changed"
+        );
         let output = consullock(&consul, &["status", "--json", &prefix]);
         assert_eq!(stdout(&output).trim(), "null", "{layout:?}: {output:?}");
         consul.delete(&format!("/v1/kv/{prefix}?recurse"));
     }
+}
+
+/// A `.lock` whose holders are all dead fixes the semaphore's limit (another limit is a
+/// conflict, as for Go): `unlock PREFIX` clears it, and another limit can then be used.
+#[test]
+fn unlock_clears_a_semaphore_whose_holders_are_all_dead() {
+    let consul = TestConsul::start();
+    let prefix = consul.unique_key("sem-all-dead");
+    let dead = consul.put("/v1/session/create", b"{}").json()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    consul.destroy_session(&dead);
+    let value = serde_json::json!({"Limit": 2, "Holders": {dead.as_str(): true}});
+    let path = format!("/v1/kv/{prefix}/.lock?flags={SEMAPHORE_FLAG_VALUE}");
+    assert_eq!(consul.put(&path, value.to_string().as_bytes()).text(), "true");
+    let output = consullock(&consul, &["execute", "-n", "3", &prefix, "--", "true"]);
+    assert_eq!(code(&output), 10, "{output:?}");
+
+    let output = consullock(&consul, &["unlock", &prefix]);
+    assert_eq!(code(&output), 0, "{output:?}");
+    assert_eq!(consul.key_entry(&format!("{prefix}/.lock")), None);
+    let output = consullock(&consul, &["execute", "-n", "3", &prefix, "--", "true"]);
+    assert_eq!(code(&output), 0, "{output:?}");
+    assert_eq!(consul.keys_under(&prefix), Vec::<String>::new());
 }

@@ -194,8 +194,10 @@ async fn unlock_semaphore(
         state.holders.remove(holder);
     }
     // Out of `.lock` too, if nobody changed it since (else the next contender prunes them),
-    // and `.lock` itself once nobody holds a slot, as Go's `Destroy` does.
-    if !released.is_empty() {
+    // and `.lock` itself once nobody holds a slot, as Go's `Destroy` does: also when only dead
+    // holders were left in it, which would keep the semaphore's limit fixed for good.
+    let stale = state.holders.is_empty() && entry.session.is_none();
+    if !released.is_empty() || stale {
         let done = if state.holders.is_empty() {
             client
                 .kv_delete(coordination, Some(entry.modify_index))

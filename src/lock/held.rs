@@ -260,17 +260,36 @@ impl HeldLock {
     }
 
     /// Destroys the session without releasing first (the key goes with it, under lock-delay):
-    /// after a loss, a release would only answer `false` or hang.
+    /// after a loss, a release would only answer `false` or hang. A semaphore slot's entry in
+    /// `.lock` is then taken out too, if it is still there: left behind, it would keep the
+    /// semaphore's limit fixed for every later contender (Go's contenders refuse another).
     pub async fn abandon(mut self, cancel: impl Future<Output = ()>) -> Result<(), ReleaseError> {
         let liveness = self.stop_watching();
         let expires_by = self.expires_by(liveness.as_ref());
         drop(liveness);
+        tokio::pin!(cancel);
         let destroy = self.session.destroy_with_timeout(RELEASE_REQUEST_TIMEOUT);
         let result = tokio::select! {
             biased;
-            () = cancel => Err(ReleaseFailure::Interrupted),
+            () = &mut cancel => Err(ReleaseFailure::Interrupted),
             result = destroy => result.map_err(ReleaseFailure::Consul),
         };
+        if result.is_ok()
+            && let What::Slot(slot) = &self.what
+        {
+            let client = self
+                .session
+                .client()
+                .with_request_timeout(RELEASE_REQUEST_TIMEOUT);
+            let tidy = super::semaphore::release_slot(&client, slot, self.session.id());
+            tokio::select! {
+                biased;
+                () = &mut cancel => {}
+                result = tidy => if let Err(e) = result {
+                    tracing::debug!(key = %slot.prefix(), "cannot take the lost slot out of .lock: {e}");
+                },
+            }
+        }
         result.map_err(|failure| ReleaseError {
             key: self.key().to_owned(),
             failure,
