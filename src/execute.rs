@@ -23,7 +23,7 @@ use crate::consul::Client;
 use crate::error::Error;
 use crate::key::LockKey;
 use crate::lock::{self, AcquireOptions, HeldLock, ReleaseError};
-use crate::session::{LossReason, SessionSettings, contact_window};
+use crate::session::{LossReason, SessionSettings, contact_window_guarding};
 use crate::supervisor::{self, ChildCommand, Outcome, Signal, Signals, SupervisorOptions};
 
 /// How `execute` holds its lock: checked once, when made ([`ExecuteSettings::new`]).
@@ -39,7 +39,7 @@ impl ExecuteSettings {
     /// Settings for [`execute_locked`], refused when the session's TTL or lock-delay is out of
     /// Consul's bounds ([`Error::InvalidSessionSettings`]) or when they cannot keep the promise:
     /// the kill grace does not fit before another holder could get the lock, or the renewals
-    /// cannot keep it ([`Error::UnsafeSettings`], see [`contact_window`]).
+    /// cannot keep it ([`Error::UnsafeSettings`], see [`contact_window_guarding`]).
     ///
     /// `contain` runs the command in a PID namespace of its own through that init program (see
     /// [`supervisor::contain`]).
@@ -50,8 +50,8 @@ impl ExecuteSettings {
         contain: Option<std::path::PathBuf>,
     ) -> Result<ExecuteSettings, Error> {
         session.validate().map_err(Error::InvalidSessionSettings)?;
-        let guarding = session.guarding(acquire.layout.lock_delay_protects());
-        contact_window(&guarding, kill_grace).map_err(Error::UnsafeSettings)?;
+        let protects = acquire.layout.lock_delay_protects();
+        contact_window_guarding(&session, kill_grace, protects).map_err(Error::UnsafeSettings)?;
         Ok(ExecuteSettings {
             session,
             acquire,

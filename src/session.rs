@@ -89,17 +89,6 @@ pub struct SessionSettings {
 }
 
 impl SessionSettings {
-    /// These settings as far as they protect a lock: as they are when the lock-delay keeps
-    /// the lock from others after the session is invalidated, without it when it does not
-    /// (a semaphore slot), for [`contact_window`] and [`forced_release_risk`].
-    pub fn guarding(&self, lock_delay_protects: bool) -> SessionSettings {
-        let mut settings = self.clone();
-        if !lock_delay_protects {
-            settings.lock_delay = Duration::ZERO;
-        }
-        settings
-    }
-
     /// Settings checked against Consul's bounds: a TTL of 10 s to 24 h (or none), a lock-delay
     /// of at most 60 s. Consul would refuse a TTL outside them, and a zero TTL means "no TTL" to
     /// it, which a clock computed for a TTL must never meet.
@@ -213,7 +202,26 @@ pub fn contact_window(
     settings: &SessionSettings,
     kill_grace: Duration,
 ) -> Result<ContactWindow, String> {
+    contact_window_guarding(settings, kill_grace, true)
+}
+
+/// [`contact_window`] for a lock whose lock-delay may not keep it from every contender
+/// (`lock_delay_protects` false: a semaphore slot, see
+/// [`crate::lock::Layout::lock_delay_protects`]). Go's contenders then take a slot as soon as
+/// its holder's session has ended, so the bound after the last renewal leaves the lock-delay
+/// out; consullock's contenders wait out a dead holder's lock-delay, so the bound after an
+/// invalidation keeps it.
+pub fn contact_window_guarding(
+    settings: &SessionSettings,
+    kill_grace: Duration,
+    lock_delay_protects: bool,
+) -> Result<ContactWindow, String> {
     let lock_delay = settings.lock_delay.min(MAX_LOCK_DELAY);
+    let after_expiry = if lock_delay_protects {
+        lock_delay
+    } else {
+        Duration::ZERO
+    };
     let needed = kill_grace + SAFETY_MARGIN;
     let fit = |bound: Duration, what: &str, change: &str| {
         if bound <= needed {
@@ -227,7 +235,7 @@ pub fn contact_window(
     };
     let since_renew = match settings.ttl.filter(|t| !t.is_zero()) {
         Some(ttl) => Some(fit(
-            ttl + lock_delay,
+            ttl + after_expiry,
             "the last renewal",
             "lower --kill-grace, or raise --session-ttl or --lock-delay",
         )?),
@@ -421,9 +429,9 @@ struct News {
 }
 
 impl News {
-    /// The settings as far as they protect the lock: without the lock-delay when it does not.
-    fn guarding(&self) -> SessionSettings {
-        self.settings.guarding(self.lock_delay_protects)
+    /// The contact window of these settings for a holder that needs `kill_grace` to stop.
+    fn window(&self, kill_grace: Duration) -> Result<ContactWindow, String> {
+        contact_window_guarding(&self.settings, kill_grace, self.lock_delay_protects)
     }
 
     fn deadline(&self) -> Option<Duration> {
@@ -482,7 +490,7 @@ impl Shared {
                 }
                 let changed = before != (news.settings.ttl, news.settings.lock_delay);
                 if changed && let Some(grace) = news.kill_grace {
-                    match contact_window(&news.guarding(), grace) {
+                    match news.window(grace) {
                         Ok(window) => news.window = Some(window),
                         Err(e) => refused = Some(e),
                     }
@@ -606,7 +614,7 @@ impl Liveness {
         let window = {
             let mut news = self.shared.news();
             news.lock_delay_protects = lock_delay_protects;
-            let window = contact_window(&news.guarding(), kill_grace)?;
+            let window = news.window(kill_grace)?;
             news.kill_grace = Some(kill_grace);
             news.window = Some(window);
             window
@@ -896,6 +904,24 @@ mod tests {
             contact_window(&settings(0, 0, true), grace)
                 .unwrap()
                 .is_unbounded()
+        );
+    }
+
+    #[test]
+    fn a_slot_keeps_the_lock_delay_after_an_invalidation_only() {
+        let grace = Duration::from_secs(5);
+        // Go's contenders take a slot once its holder's session has expired: the renew bound
+        // is TTL - 5 - 1. consullock's wait out the lock-delay of an invalidated holder: the
+        // confirmation bound is 15 - 5 - 1, as for a single lock.
+        let slot = contact_window_guarding(&settings(15, 15, false), grace, false);
+        assert_eq!(
+            slot,
+            Ok(window_renewing(Some(9), Some(9), Some((5000, 3000))))
+        );
+        let no_delay = contact_window_guarding(&settings(15, 0, false), grace, false);
+        assert_eq!(
+            no_delay,
+            Ok(window_renewing(Some(9), None, Some((5000, 3000))))
         );
     }
 

@@ -758,8 +758,13 @@ fn slot_loss_stops_the_command(name: &str, take_away: impl FnOnce(&TestConsul, &
     assert!(!consul.session_exists(&session));
     assert_eq!(consul.key_entry(&format!("{prefix}/{session}")), None);
     // Out of `.lock` too: a dead entry left there would pin the limit for good.
-    let holders = consul.semaphore_holders(&prefix).expect("the Go holder's .lock");
-    assert!(!holders.contains(&session), "the lost slot stays: {holders:?}");
+    let holders = consul
+        .semaphore_holders(&prefix)
+        .expect("the Go holder's .lock");
+    assert!(
+        !holders.contains(&session),
+        "the lost slot stays: {holders:?}"
+    );
     assert!(!go.is_lost(), "the Go holder lost its slot too");
     let released = go.release(DEADLINE).expect("release");
     assert_eq!((released.unlock, released.cleanup), (Ok(()), Ok(())));
@@ -1098,7 +1103,10 @@ fn unlock_clears_a_semaphore_whose_holders_are_all_dead() {
     consul.destroy_session(&dead);
     let value = serde_json::json!({"Limit": 2, "Holders": {dead.as_str(): true}});
     let path = format!("/v1/kv/{prefix}/.lock?flags={SEMAPHORE_FLAG_VALUE}");
-    assert_eq!(consul.put(&path, value.to_string().as_bytes()).text(), "true");
+    assert_eq!(
+        consul.put(&path, value.to_string().as_bytes()).text(),
+        "true"
+    );
     let output = consullock(&consul, &["execute", "-n", "3", &prefix, "--", "true"]);
     assert_eq!(code(&output), 10, "{output:?}");
 
@@ -1108,4 +1116,66 @@ fn unlock_clears_a_semaphore_whose_holders_are_all_dead() {
     let output = consullock(&consul, &["execute", "-n", "3", &prefix, "--", "true"]);
     assert_eq!(code(&output), 0, "{output:?}");
     assert_eq!(consul.keys_under(&prefix), Vec::<String>::new());
+}
+
+/// A slot holder that cannot hear of its loss (its consullock stopped, as in a partition) while
+/// its session is destroyed: consullock's waiter finds it dead in `.lock`, but Consul holds the
+/// dead session's lock-delay on its contender key, so the waiter leaves the slot taken until
+/// then, and the holder's keeper has stopped its command before (the slot's contact window keeps
+/// the lock-delay after an invalidation). Without that, the waiter took the slot at once and
+/// three commands ran under a limit of two.
+#[test]
+fn a_dead_holders_slot_stays_taken_for_its_lock_delay() {
+    let consul = TestConsul::start();
+    let prefix = consul.unique_key("sem-lock-delay");
+    let scratch = Scratch::new("sem-lock-delay");
+    let log = stamp_log(&scratch);
+    let settings = [
+        "-n",
+        "2",
+        "--session-ttl",
+        "10",
+        "--lock-delay",
+        "5",
+        "--kill-grace",
+        "1",
+    ];
+    let spawn = |run: u64, millis: u64| {
+        let mut command = stamped(&consul, &settings, &prefix, &log, run, millis);
+        command.stderr(std::process::Stdio::null());
+        command.spawn().expect("spawn consullock")
+    };
+    let mut partitioned = spawn(1, 60_000);
+    let mut other = spawn(2, 60_000);
+    wait_until(DEADLINE, "both slots taken", || runs(&log).len() == 2);
+    let mut waiter = spawn(3, 100);
+    std::thread::sleep(QUIET);
+    assert_eq!(runs(&log).len(), 2, "the waiter got a third slot");
+
+    let pid = nix::unistd::Pid::from_raw(partitioned.id() as i32);
+    let session = consul
+        .consullock_session_of(&prefix, pid.as_raw())
+        .expect("the first holder's session");
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+    consul.destroy_session(&session);
+    let status = waiter.wait().expect("the waiter ends");
+    assert_eq!(status.code(), Some(0));
+
+    let runs = runs(&log);
+    let (dead, third) = (&runs[&1], &runs[&3]);
+    assert!(
+        dead.last < third.first,
+        "the waiter started {} ms before the dead holder's command stopped",
+        (dead.last - third.first) / 1_000_000
+    );
+    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    let _ = partitioned.wait();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(other.id() as i32),
+        Signal::SIGTERM,
+    );
+    let _ = other.wait();
+    wait_until(DEADLINE, "nothing left", || {
+        consul.keys_under(&prefix).is_empty()
+    });
 }

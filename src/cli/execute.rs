@@ -34,6 +34,9 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
         None
     };
     let settings = ExecuteSettings::new(session, acquire, kill_grace, contain)?;
+    if let Some(risk) = forced_release_risk(settings.session(), kill_grace) {
+        tracing::warn!("{risk}");
+    }
     if !settings.layout().lock_delay_protects() {
         let how = if settings.session().ttl_only {
             "an unlock by force"
@@ -41,11 +44,10 @@ pub(super) async fn run(args: ExecuteArgs, direct: bool) -> Result<i32, Error> {
             "an unlock by force or a failed node check (--ttl-only rules that out)"
         };
         tracing::info!(
-            "a semaphore slot has no lock-delay: after {how}, another contender can take the \
-             slot while the command is still being stopped"
+            "a semaphore slot is kept by its lock-delay from consullock's contenders only: \
+             after {how}, a `consul lock -n` contender can take the slot while the command is \
+             still being stopped"
         );
-    } else if let Some(risk) = forced_release_risk(settings.session(), kill_grace) {
-        tracing::warn!("{risk}");
     }
     let command = child_command(args.command, direct)?;
     let client = client_from_env()?;

@@ -47,6 +47,7 @@ mod attempt;
 mod find;
 mod held;
 pub mod layout;
+mod lock_delay;
 mod queue;
 mod semaphore;
 mod status;
@@ -171,10 +172,10 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// Whether a session invalidated by force (a failed node check, a destroy) keeps its lock
-    /// from anyone else for its lock-delay. Not for a semaphore: its other contenders prune the
-    /// dead holder from `.lock` at once, and take the slot without touching any key the
-    /// lock-delay guards.
+    /// Whether a session that ends (invalidated by force, or expired) keeps its lock from every
+    /// contender for its lock-delay. Not quite for a semaphore: Go's contenders prune a dead
+    /// holder from `.lock` at once, without touching any key the lock-delay guards; only
+    /// consullock's wait until the lock-delay on the dead holder's contender key has passed.
     pub fn lock_delay_protects(self) -> bool {
         !matches!(self, Layout::Semaphore { .. })
     }

@@ -18,10 +18,14 @@
 //! too, when no live holder is left, as Go's `Destroy` does after its `Release`), and our
 //! contender key is deleted, in one transaction; a lost race reads again.
 //!
-//! **What the lock-delay does not do here.** A slot is not a key that anyone else acquires: once
-//! our session is invalidated (a failed node check, a destroy), the next contender prunes us
-//! from `.lock` at once. The contact window of a slot is therefore computed as for a session
-//! without lock-delay ([`super::Layout::lock_delay_protects`]).
+//! **What the lock-delay does here.** A slot is not a key that anyone else acquires: once a
+//! holder's session is invalidated (a failed node check, a destroy), Go's contenders prune it
+//! from `.lock` at once. Consul still puts the session's lock-delay on the keys it held, its
+//! contender key among them, so consullock's contenders ask (a transaction that locks those
+//! keys for the nil session, see [`super::lock_delay`]) and leave a dead holder's slot taken
+//! until that delay has passed. The contact window of a slot keeps the lock-delay after an
+//! invalidation, and leaves it out after an expiry, which frees the slot to Go's contenders at
+//! once ([`crate::session::contact_window_guarding`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -36,11 +40,12 @@ use super::layout::{
     LOCK_FLAG_VALUE, SEMAPHORE_FLAG_VALUE, SemaphoreState, contender_key, coordination_key,
     prefix_of,
 };
+use super::lock_delay::{self, LockDelay};
 use super::value::{LockInfo, timestamp_now};
 use super::wait::{Bounds, EarlyReturnBackoff, ErrorBudget, after_wait, wait_for_listing_change};
 use super::{
     AcquireError, AcquireOptions, Acquired, Holder, LOCK_DELAY_BACKOFF_START,
-    MIN_LOCK_DELAY_BACKOFF_CAP, Refusal, Waiting, held,
+    MIN_LOCK_DELAY_BACKOFF_CAP, Refusal, Waiting, held, refused,
 };
 
 /// How many times a release reads `.lock` again after losing a check-and-set race before it
@@ -156,7 +161,39 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
         errors.reset();
         let coordination_entry = listing.value.iter().find(|e| e.key == coordination);
         let mut state = semaphore_state(coordination_entry, &coordination, limit)?;
+        let recorded = state.holders.clone();
         state.prune(&listing.value);
+        // A holder whose session was invalidated (a failed node check, a forced unlock) while
+        // it could not hear of it may still be stopping its command. Consul keeps that
+        // session's lock-delay on every key it held, its contender key too: until the delay
+        // has passed its slot stays taken, as a single lock's key stays refused. (Go's
+        // contenders prune at once; consullock's wait.)
+        let dead: Vec<String> = recorded.difference(&state.holders).cloned().collect();
+        let mut delayed = false;
+        if !dead.is_empty() {
+            let keys: Vec<String> = dead.iter().map(|h| contender_key(&prefix, h)).collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            match bounds
+                .run(lock_delay::probe(client, &keys))
+                .await
+                .map_err(|i| bounds.error(i))?
+            {
+                Ok(answers) => {
+                    for (dead, answer) in dead.iter().zip(answers) {
+                        if answer == LockDelay::InForce {
+                            state.holders.insert(dead.clone());
+                            delayed = true;
+                        }
+                    }
+                }
+                Err(e) if errors.allows(&e, options.non_blocking) => {
+                    tracing::warn!("consul error while waiting for a slot, retrying: {e}");
+                    bounds.pause(RETRY_INTERVAL).await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let Some(ours) = holder.session_id()
             && state.holders.contains(ours)
             && let Some(entry) = listing.value.iter().find(|e| {
@@ -186,6 +223,15 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
                     limit,
                 }),
             });
+        }
+        if state.is_full() && delayed {
+            // Nothing in the listing changes when a lock-delay ends: ask again after a pause.
+            refused(options, bounds, &prefix, || Refusal::LockDelay).await?;
+            holder.ensure(false, bounds).await?;
+            tracing::debug!(key = %prefix, backoff = ?lock_delay_backoff, "a dead holder's slot is under its lock-delay; retrying");
+            bounds.pause(lock_delay_backoff).await?;
+            lock_delay_backoff = (lock_delay_backoff * 2).min(lock_delay_cap);
+            continue;
         }
         if state.is_full() {
             if let Some(hooks) = &options.hooks {
