@@ -440,19 +440,16 @@ async fn monitor_loop(
     let mut next_send = tokio::time::Instant::now();
     let mut last_sent: Option<tokio::time::Instant> = None;
     loop {
-        // A read that is due goes out now, not at the timer's next tick: the first one is then
-        // on its way while the command starts, instead of when it may already have exited.
-        if tokio::time::Instant::now() >= next_send {
-            let sent_at = clock::now();
-            last_sent = Some(tokio::time::Instant::now());
-            let client = client.clone();
-            let watched = watched.clone();
-            let options = QueryOptions::blocking(index.max(1), wait).consistent();
-            in_flight.spawn(async move { (sent_at, watched.read(&client, &options).await) });
-            next_send = tokio::time::Instant::now() + wait;
-        }
         tokio::select! {
-            () = tokio::time::sleep_until(next_send) => {}
+            () = tokio::time::sleep_until(next_send) => {
+                let sent_at = clock::now();
+                last_sent = Some(tokio::time::Instant::now());
+                let client = client.clone();
+                let watched = watched.clone();
+                let options = QueryOptions::blocking(index.max(1), wait).consistent();
+                in_flight.spawn(async move { (sent_at, watched.read(&client, &options).await) });
+                next_send = tokio::time::Instant::now() + wait;
+            }
             Some(joined) = in_flight.join_next() => {
                 let Ok((sent_at, result)) = joined else { continue };
                 match result {
