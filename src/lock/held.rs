@@ -437,6 +437,9 @@ async fn monitor_loop(
     let mut in_flight = tokio::task::JoinSet::new();
     // Send a read every `wait`, whether or not the previous ones have answered: each confirms
     // the lock from its own send time, so slow answers overlap instead of adding up.
+    // The first goes out at the timer's next tick (about a millisecond on): a command that is
+    // done sooner never pays for a read, a connection and a server's wait, and the acquisition
+    // itself was the first confirmation.
     let mut next_send = tokio::time::Instant::now();
     let mut last_sent: Option<tokio::time::Instant> = None;
     loop {
