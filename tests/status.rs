@@ -229,11 +229,12 @@ fn a_consul_lock_held_by_the_go_recipe() {
     for (field, value) in expected {
         assert_eq!(found[field], value, "{field} in {found}");
     }
-    // `-r` finds it by its prefix and by its `.lock` key.
+    // `-r` finds it by its prefix and by its `.lock` key, and so does `status PREFIX/.lock`.
     for pattern in [format!("{prefix}.*"), format!("{prefix}/\\.lock")] {
         let listed = status(&consul, &["-r", &pattern]);
         assert_eq!(listed, json!([found.clone()]), "{pattern}");
     }
+    assert_eq!(status(&consul, &[&format!("{prefix}/.lock")]), found);
 
     // Invalidated, the key stays (behaviour release), free under the session's lock-delay.
     consul.destroy_session(held.session());

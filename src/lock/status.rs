@@ -235,6 +235,19 @@ pub struct KeyStatus {
 /// reads, but for one transaction, refused by Consul whatever the answer, that asks whether a
 /// lock-delay is in force when nothing is held.
 pub async fn status(client: &Client, key: &str) -> Result<KeyStatus, ConsulError> {
+    // `PREFIX/.lock` of a `consul lock` layout names the lock on PREFIX, as `status -r` says.
+    if let Some(prefix) = key
+        .strip_suffix(COORDINATION_SUFFIX)
+        .filter(|p| !p.is_empty())
+        && let Some(entry) = client.kv_get(key, &QueryOptions::default()).await?.value
+        && (layout::is_consul_lock(&entry) || entry.flags == SEMAPHORE_FLAG_VALUE)
+    {
+        return status_of(client, prefix).await;
+    }
+    status_of(client, key).await
+}
+
+async fn status_of(client: &Client, key: &str) -> Result<KeyStatus, ConsulError> {
     let plain = QueryOptions::default();
     let mut sessions = Sessions::new(client);
     let own = client.kv_get(key, &plain).await?.value;
