@@ -600,19 +600,16 @@ async fn attempts<C: Future<Output = ()>>(
         // is waited for without writing anything.
         let read = match known.take() {
             Some(read) => read,
-            None => match bounds
-                .run(client.kv_get(key, &crate::consul::QueryOptions::default()))
-                .await
-                .map_err(|i| bounds.error(i))?
-            {
-                Ok(read) => read,
-                Err(e) if errors.allows(&e, options.non_blocking) => {
-                    tracing::warn!("consul error while waiting for the lock, retrying: {e}");
-                    bounds.pause(RETRY_INTERVAL).await?;
-                    continue;
+            None => {
+                let plain = crate::consul::QueryOptions::default();
+                let get = client.kv_get(key, &plain);
+                match wait::request(bounds, &mut errors, options.non_blocking, "the lock", get)
+                    .await?
+                {
+                    Some(read) => read,
+                    None => continue,
                 }
-                Err(e) => return Err(e.into()),
-            },
+            }
         };
         errors.reset();
         let held = match key_state(&read, layout.flags) {

@@ -42,7 +42,9 @@ use super::layout::{
 };
 use super::lock_delay::{self, LockDelay};
 use super::value::{LockInfo, timestamp_now};
-use super::wait::{Bounds, EarlyReturnBackoff, ErrorBudget, after_wait, wait_for_listing_change};
+use super::wait::{
+    self, Bounds, EarlyReturnBackoff, ErrorBudget, after_wait, wait_for_listing_change,
+};
 use super::{
     AcquireError, AcquireOptions, Acquired, Holder, LOCK_DELAY_BACKOFF_START,
     MIN_LOCK_DELAY_BACKOFF_CAP, Refusal, Waiting, held, refused,
@@ -144,19 +146,16 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
         // count as alive holders too, and so they do here.
         let listing = match known.take() {
             Some(listing) => listing,
-            None => match bounds
-                .run(client.kv_list(&prefix, &QueryOptions::default()))
-                .await
-                .map_err(|i| bounds.error(i))?
-            {
-                Ok(listing) => listing,
-                Err(e) if errors.allows(&e, options.non_blocking) => {
-                    tracing::warn!("consul error while waiting for a slot, retrying: {e}");
-                    bounds.pause(RETRY_INTERVAL).await?;
-                    continue;
+            None => {
+                let plain = QueryOptions::default();
+                let list = client.kv_list(&prefix, &plain);
+                match wait::request(bounds, &mut errors, options.non_blocking, "a slot", list)
+                    .await?
+                {
+                    Some(listing) => listing,
+                    None => continue,
                 }
-                Err(e) => return Err(e.into()),
-            },
+            }
         };
         errors.reset();
         let coordination_entry = listing.value.iter().find(|e| e.key == coordination);
@@ -173,25 +172,17 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
         if !dead.is_empty() {
             let keys: Vec<String> = dead.iter().map(|h| contender_key(&prefix, h)).collect();
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            match bounds
-                .run(lock_delay::probe(client, &keys))
-                .await
-                .map_err(|i| bounds.error(i))?
-            {
-                Ok(answers) => {
-                    for (dead, answer) in dead.iter().zip(answers) {
-                        if answer == LockDelay::InForce {
-                            state.holders.insert(dead.clone());
-                            delayed = true;
-                        }
-                    }
+            let probe = lock_delay::probe(client, &keys);
+            let Some(answers) =
+                wait::request(bounds, &mut errors, options.non_blocking, "a slot", probe).await?
+            else {
+                continue;
+            };
+            for (dead, answer) in dead.iter().zip(answers) {
+                if answer == LockDelay::InForce {
+                    state.holders.insert(dead.clone());
+                    delayed = true;
                 }
-                Err(e) if errors.allows(&e, options.non_blocking) => {
-                    tracing::warn!("consul error while waiting for a slot, retrying: {e}");
-                    bounds.pause(RETRY_INTERVAL).await?;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
             }
         }
         if let Some(ours) = holder.session_id()

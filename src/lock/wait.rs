@@ -137,6 +137,27 @@ pub(super) enum WaitError {
     Consul(ConsulError),
 }
 
+/// Sends one request of an acquire loop within its bounds: the answer, or `None` after a
+/// transient error (the caller tries again, after a pause, while the error budget lasts), or
+/// the end of the loop.
+pub(super) async fn request<T, C: Future<Output = ()>>(
+    bounds: &mut Bounds<'_, C>,
+    errors: &mut ErrorBudget,
+    non_blocking: bool,
+    waiting_for: &str,
+    request: impl Future<Output = Result<T, ConsulError>>,
+) -> Result<Option<T>, AcquireError> {
+    match bounds.run(request).await.map_err(|i| bounds.error(i))? {
+        Ok(answer) => Ok(Some(answer)),
+        Err(e) if errors.allows(&e, non_blocking) => {
+            tracing::warn!("consul error while waiting for {waiting_for}, retrying: {e}");
+            bounds.pause(RETRY_INTERVAL).await?;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Folds a wait's outcome into an acquire loop: the read it saw (`None`: read again), or a
 /// transient error retried after a pause while the error budget lasts, or the end of it.
 pub(super) async fn after_wait<T, C: Future<Output = ()>>(
