@@ -252,3 +252,24 @@ fn unlock_regex_releases_locks_under_a_prefix_full_of_data() {
     assert_eq!(released, serde_json::json!([key]));
     assert_eq!(consul.holder(&key), None);
 }
+
+/// A server whose reads work but whose lock transactions keep failing (500, no leader): the
+/// error budget still runs out, and `lock` ends with exit 8 instead of retrying until its
+/// timeout (or for ever). Each successful read used to restart the budget.
+#[test]
+fn failing_lock_attempts_end_when_the_error_budget_is_spent() {
+    let consul = TestConsul::start_dev_server(&["--test-faults"]);
+    consul.faults(serde_json::json!({"no_leader_ms": 120_000, "path_prefix": "/v1/txn"}));
+    let key = consul.unique_key("txn-fails");
+    let started = Instant::now();
+    let output = run({
+        let mut command = consul.command();
+        command.args(["lock", "--timeout", "80", &key]);
+        command
+    });
+    let took = started.elapsed();
+    assert_eq!(code(&output), 8, "after {took:?}: {output:?}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    consul.clear_faults();
+    consul.assert_nothing_left(&key);
+}

@@ -1181,3 +1181,154 @@ fn a_dead_holders_slot_stays_taken_for_its_lock_delay() {
         consul.keys_under(&prefix).is_empty()
     });
 }
+
+/// `unlock PREFIX` destroys the sessions of consullock's slot holders, but leaves them listed
+/// in `.lock`: a waiting consullock contender leaves their slots taken for the lock-delay
+/// Consul holds on their contender keys, so it starts only once their commands (which take a
+/// while to stop) are gone. Taking them out of `.lock` let it in at once.
+#[test]
+fn unlock_of_a_semaphore_keeps_the_released_slots_for_their_lock_delay() {
+    let consul = TestConsul::start();
+    let prefix = consul.unique_key("sem-unlock-delay");
+    let scratch = Scratch::new("sem-unlock-delay");
+    let log = stamp_log(&scratch);
+    let settings = [
+        "-n",
+        "2",
+        "--session-ttl",
+        "10",
+        "--lock-delay",
+        "3",
+        "--kill-grace",
+        "1",
+    ];
+    let spawn = |run: u64, millis: u64| {
+        let mut command = stamped(&consul, &settings, &prefix, &log, run, millis);
+        command.args(["--linger", "800"]);
+        command.stderr(std::process::Stdio::null());
+        command.spawn().expect("spawn consullock")
+    };
+    let mut holders = [spawn(1, 60_000), spawn(2, 60_000)];
+    wait_until(DEADLINE, "both slots taken", || runs(&log).len() == 2);
+    let mut waiter = spawn(3, 100);
+    std::thread::sleep(QUIET);
+
+    let output = consullock(&consul, &["unlock", &prefix]);
+    assert_eq!(code(&output), 0, "{output:?}");
+    for holder in &mut holders {
+        assert_eq!(holder.wait().unwrap().code(), Some(101));
+    }
+    assert_eq!(waiter.wait().unwrap().code(), Some(0));
+    let runs = runs(&log);
+    let stopped = runs[&1].last.max(runs[&2].last);
+    assert!(
+        stopped < runs[&3].first,
+        "the waiter started {} ms before the released holders stopped",
+        (stopped - runs[&3].first) / 1_000_000
+    );
+    wait_until(DEADLINE, "nothing left", || {
+        consul.keys_under(&prefix).is_empty()
+    });
+}
+
+/// A full semaphore whose only way in is a dead holder's slot under a lock-delay: a
+/// non-blocking contender is refused (exit 100) and writes nothing, with or without
+/// transactions on the server (without, the lock-delay is asked with `?acquire`).
+#[test]
+fn a_slot_under_a_lock_delay_refuses_a_non_blocking_contender() {
+    for no_txn in [false, true] {
+        let consul = TestConsul::start_dev_server(&["--test-faults"]);
+        consul.faults(serde_json::json!({ "no_txn": no_txn }));
+        let prefix = consul.unique_key("sem-delayed-slot");
+        let session = |lock_delay: &str| {
+            let body = format!("{{\"LockDelay\":\"{lock_delay}\"}}");
+            consul.put("/v1/session/create", body.as_bytes()).json()["ID"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let (dead, live) = (session("15s"), session("15s"));
+        for holder in [&dead, &live] {
+            let path =
+                format!("/v1/kv/{prefix}/{holder}?acquire={holder}&flags={SEMAPHORE_FLAG_VALUE}");
+            assert_eq!(consul.put(&path, b"").text(), "true");
+        }
+        let value =
+            serde_json::json!({"Limit": 2, "Holders": {dead.as_str(): true, live.as_str(): true}});
+        let path = format!("/v1/kv/{prefix}/.lock?flags={SEMAPHORE_FLAG_VALUE}");
+        assert_eq!(
+            consul.put(&path, value.to_string().as_bytes()).text(),
+            "true"
+        );
+        consul.destroy_session(&dead);
+
+        let before = snapshot(&consul, &prefix);
+        let output = consullock(&consul, &["lock", "-n", "2", "--non-blocking", &prefix]);
+        assert_eq!(code(&output), 100, "no_txn {no_txn}: {output:?}");
+        assert_eq!(stdout(&output).trim(), "null");
+        let after = snapshot(&consul, &prefix);
+        assert_eq!(
+            (&after.listing, &after.sessions),
+            (&before.listing, &before.sessions)
+        );
+    }
+}
+
+/// Someone's data under the semaphore's flags (no `Limit` in it) is no semaphore: `lock -n`
+/// refuses it (exit 9) and `unlock` leaves it. Someone's leader key on KEY whose session also
+/// holds KEY/.lock: `unlock KEY` leaves both alone. Many dead holders are asked about in
+/// transactions Consul accepts (at most 64 operations each).
+#[test]
+fn semaphore_edges_that_are_not_ours_or_are_large() {
+    let consul = TestConsul::start();
+    let base = consul.unique_key("sem-edges");
+
+    let data = format!("{base}/cfg");
+    let path = format!("/v1/kv/{data}/.lock?flags={SEMAPHORE_FLAG_VALUE}");
+    assert_eq!(consul.put(&path, br#"{"owner":"team-x"}"#).text(), "true");
+    let before = consul.key_entry(&format!("{data}/.lock"));
+    let output = consullock(&consul, &["lock", "-n", "2", "--non-blocking", &data]);
+    assert_eq!(code(&output), 9, "{output:?}");
+    let output = consullock(&consul, &["unlock", &data]);
+    assert_ne!(code(&output), 0, "{output:?}");
+    assert_eq!(consul.key_entry(&format!("{data}/.lock")), before);
+
+    let leader = format!("{base}/leader");
+    let session = consul.put("/v1/session/create", b"{}").json()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let acquire = |key: &str, flags: u64| {
+        let path = format!("/v1/kv/{key}?acquire={session}&flags={flags}");
+        assert_eq!(consul.put(&path, b"").text(), "true");
+    };
+    assert_eq!(
+        consul
+            .put(&format!("/v1/kv/{leader}?acquire={session}"), b"node-7")
+            .text(),
+        "true"
+    );
+    acquire(&format!("{leader}/.lock"), LOCK_FLAG_VALUE);
+    let output = consullock(&consul, &["unlock", &leader]);
+    assert_eq!(code(&output), 9, "{output:?}");
+    assert!(
+        consul.session_exists(&session),
+        "the other program's session was destroyed"
+    );
+
+    let crowd = format!("{base}/crowd");
+    let dead: serde_json::Map<String, Value> = (0..129)
+        .map(|_| (uuid::Uuid::new_v4().to_string(), Value::Bool(true)))
+        .collect();
+    let value = serde_json::json!({"Limit": 130, "Holders": dead});
+    let path = format!("/v1/kv/{crowd}/.lock?flags={SEMAPHORE_FLAG_VALUE}");
+    assert_eq!(
+        consul.put(&path, value.to_string().as_bytes()).text(),
+        "true"
+    );
+    let output = consullock(&consul, &["lock", "-n", "130", "--non-blocking", &crowd]);
+    assert_eq!(code(&output), 0, "{output:?}");
+    let output = consullock(&consul, &["unlock", &crowd]);
+    assert_eq!(code(&output), 0, "{output:?}");
+    consul.delete(&format!("/v1/kv/{base}?recurse"));
+}

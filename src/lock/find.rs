@@ -111,7 +111,9 @@ pub async fn unlock(client: &Client, key: &str, force: bool) -> Result<Unlocked,
         Some(found) => unlock_entry(client, &found, force).await?,
         None => Unlocked::NotHeld,
     };
-    if own == Unlocked::Released {
+    // Released; or held by another program, whose session may hold `key/.lock` too: it is
+    // left alone as a whole unless forced.
+    if own == Unlocked::Released || (own == Unlocked::NotALock && !force) {
         return Ok(own);
     }
     let dot_lock = match find(client, &layout::coordination_key(key)).await? {
@@ -170,6 +172,11 @@ async fn unlock_semaphore(
     let Ok(Some(mut state)) = layout::SemaphoreState::decode(&entry.value) else {
         return Ok(Unlocked::NotALock);
     };
+    if state.limit == 0 {
+        // No semaphore stores a limit of 0: someone's data under the semaphore's flags.
+        return Ok(Unlocked::NotALock);
+    }
+    let recorded = state.holders.len();
     state.prune(&listing.value);
     let mut released = Vec::new();
     let mut left_alone = false;
@@ -190,30 +197,35 @@ async fn unlock_semaphore(
         tracing::info!(key = %prefix, session = %holder, "semaphore slot released by destroying its session");
         released.push(holder.clone());
     }
-    for holder in &released {
-        state.holders.remove(holder);
-    }
-    // Out of `.lock` too, if nobody changed it since (else the next contender prunes them),
-    // and `.lock` itself once nobody holds a slot, as Go's `Destroy` does: also when only dead
-    // holders were left in it, which would keep the semaphore's limit fixed for good.
-    let stale = state.holders.is_empty() && entry.session.is_none();
-    if !released.is_empty() || stale {
-        let done = if state.holders.is_empty() {
-            client
+    // The released holders stay in `.lock`: a holder may still be stopping its command, and
+    // consullock's contenders leave its slot taken for the lock-delay Consul now holds on its
+    // contender key, then prune it. Only a `.lock` left with nothing but dead holders, none of
+    // them under a lock-delay any more, is deleted (by check-and-set, as Go's `Destroy` does):
+    // it would keep the semaphore's limit fixed for good.
+    if released.is_empty() && state.holders.is_empty() && recorded > 0 && entry.session.is_none() {
+        let dead: Vec<String> = layout::SemaphoreState::decode(&entry.value)
+            .ok()
+            .flatten()
+            .map(|s| s.holders.into_iter().collect())
+            .unwrap_or_default();
+        let keys: Vec<String> = dead
+            .iter()
+            .map(|h| layout::contender_key(prefix, h))
+            .collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let answers = super::lock_delay::probe(client, &keys).await?;
+        if answers
+            .iter()
+            .all(|a| *a == super::lock_delay::LockDelay::NotInForce)
+        {
+            if let Err(e) = client
                 .kv_delete(coordination, Some(entry.modify_index))
                 .await
+            {
+                tracing::debug!(key = %coordination, "cannot delete the semaphore's .lock: {e}");
+            }
         } else {
-            client
-                .kv_put(
-                    coordination,
-                    &state.encode(),
-                    crate::consul::PutMode::Cas(entry.modify_index),
-                    Some(layout::SEMAPHORE_FLAG_VALUE),
-                )
-                .await
-        };
-        if let Err(e) = done {
-            tracing::debug!(key = %coordination, "cannot tidy the semaphore's holders: {e}");
+            tracing::info!(key = %coordination, "the semaphore's dead holders may still be stopping (lock-delay): .lock is left");
         }
     }
     Ok(match (released.is_empty(), left_alone) {

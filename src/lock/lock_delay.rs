@@ -7,7 +7,7 @@
 //! commit that fails. (hashicorp/consul `agent/consul/txn_endpoint.go` `preCheck`,
 //! `agent/consul/kvs_endpoint.go` `kvsPreApply`, `agent/consul/state/kvs.go` `kvsLockTxn`.)
 
-use crate::consul::{Client, ConsulError, TxnOp, TxnOutcome};
+use crate::consul::{Client, ConsulError, PutMode, TxnOp, TxnOutcome};
 
 /// The session the probe locks for: the nil UUID, which no Consul session can have.
 pub const PROBE_SESSION: &str = "00000000-0000-0000-0000-000000000000";
@@ -20,15 +20,37 @@ pub(super) enum LockDelay {
     Unknown(String),
 }
 
-/// Asks Consul, in one transaction that cannot succeed, whether a lock-delay is in force on
-/// each of `keys` (see the module documentation).
+/// Asks Consul whether a lock-delay is in force on each of `keys` (see the module
+/// documentation): in transactions that cannot succeed, at most [`OPS_PER_PROBE`] keys each;
+/// where the server has no transactions, with one `?acquire` for the nil session per key.
 pub(super) async fn probe(client: &Client, keys: &[&str]) -> Result<Vec<LockDelay>, ConsulError> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
+    let mut answers = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(OPS_PER_PROBE) {
+        let chunk_answers = match client.transactions() {
+            true => probe_in_txn(client, chunk).await?,
+            false => None,
+        };
+        match chunk_answers {
+            Some(found) => answers.extend(found),
+            None => {
+                for key in chunk {
+                    answers.push(probe_by_acquire(client, key).await?);
+                }
+            }
+        }
     }
-    if !client.transactions() {
-        return Ok(vec![LockDelay::Unknown(NO_TXN.into()); keys.len()]);
-    }
+    Ok(answers)
+}
+
+/// Keys asked about in one transaction: half of Consul's 128 operations, so that an older
+/// server's limit of 64 holds too.
+const OPS_PER_PROBE: usize = 64;
+
+/// One transaction for `keys`; `None` when the server has no transactions.
+async fn probe_in_txn(
+    client: &Client,
+    keys: &[&str],
+) -> Result<Option<Vec<LockDelay>>, ConsulError> {
     let ops: Vec<TxnOp<'_>> = keys
         .iter()
         .map(|key| TxnOp::Lock {
@@ -39,28 +61,47 @@ pub(super) async fn probe(client: &Client, keys: &[&str]) -> Result<Vec<LockDela
         })
         .collect();
     match client.txn(&ops).await {
-        Ok(TxnOutcome::RolledBack(errors)) => Ok(read_probe(&errors, keys.len())),
-        Ok(TxnOutcome::Applied(_)) => Err(ConsulError::InvalidResponse {
-            request: crate::consul::RequestContext {
-                address: client.address().to_owned(),
-                method: "PUT",
-                path: "/v1/txn".into(),
-            },
-            what: format!("the server granted a lock to the nil session {PROBE_SESSION}"),
-        }),
+        Ok(TxnOutcome::RolledBack(errors)) => Ok(Some(read_probe(&errors, keys.len()))),
+        Ok(TxnOutcome::Applied(_)) => Err(granted(client, "/v1/txn")),
         Err(ConsulError::PermissionDenied { .. }) => {
-            Ok(vec![LockDelay::Unknown(DENIED.into()); keys.len()])
+            Ok(Some(vec![LockDelay::Unknown(DENIED.into()); keys.len()]))
         }
         Err(e) if e.means_no_txn() => {
             client.note_no_transactions();
-            Ok(vec![LockDelay::Unknown(NO_TXN.into()); keys.len()])
+            Ok(None)
         }
         Err(e) => Err(e),
     }
 }
 
+/// The same question for one key without transactions: `PUT ?acquire=` for the nil session.
+/// Consul answers `false` when a lock-delay refuses it before Raft (`kvsPreApply`), and an
+/// invalid-session error from its state store when it does not.
+async fn probe_by_acquire(client: &Client, key: &str) -> Result<LockDelay, ConsulError> {
+    match client
+        .kv_put(key, &[], PutMode::Acquire(PROBE_SESSION), None)
+        .await
+    {
+        Ok(false) => Ok(LockDelay::InForce),
+        Ok(true) => Err(granted(client, "/v1/kv")),
+        Err(ConsulError::InvalidSession { .. }) => Ok(LockDelay::NotInForce),
+        Err(ConsulError::PermissionDenied { .. }) => Ok(LockDelay::Unknown(DENIED.into())),
+        Err(e) => Err(e),
+    }
+}
+
+fn granted(client: &Client, path: &str) -> ConsulError {
+    ConsulError::InvalidResponse {
+        request: crate::consul::RequestContext {
+            address: client.address().to_owned(),
+            method: "PUT",
+            path: path.into(),
+        },
+        what: format!("the server granted a lock to the nil session {PROBE_SESSION}"),
+    }
+}
+
 const DENIED: &str = "permission denied (asking needs key:write on the key)";
-const NO_TXN: &str = "the server has no transactions (PUT /v1/txn)";
 
 /// Reads the probe's refusal, op by op. Consul pre-checks every op before it refuses any
 /// (`preCheck` collects an error per op): an op without an error passed the lock-delay check,

@@ -611,7 +611,7 @@ async fn attempts<C: Future<Output = ()>>(
                 }
             }
         };
-        errors.reset();
+        errors.answered();
         let held = match key_state(&read, layout.flags) {
             KeyState::NotALock { what } => {
                 return Err(AcquireError::NotALock {
@@ -653,7 +653,11 @@ async fn attempts<C: Future<Output = ()>>(
                     read.value.as_ref(),
                     place.as_ref().map(queue::Place::entry),
                 );
-                match bounds.run(attempt).await.map_err(|i| bounds.error(i))? {
+                let outcome = bounds.run(attempt).await.map_err(|i| bounds.error(i))?;
+                if outcome.is_ok() {
+                    errors.reset();
+                }
+                match outcome {
                     Ok(Attempt::Acquired(entry, confirmed_at)) => {
                         // Consul just confirmed the session (and now the lock): the contact
                         // window starts here, not at the last renew.

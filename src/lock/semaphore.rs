@@ -157,7 +157,7 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
                 }
             }
         };
-        errors.reset();
+        errors.answered();
         let coordination_entry = listing.value.iter().find(|e| e.key == coordination);
         let mut state = semaphore_state(coordination_entry, &coordination, limit)?;
         let recorded = state.holders.clone();
@@ -217,8 +217,18 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
         }
         if state.is_full() && delayed {
             // Nothing in the listing changes when a lock-delay ends: ask again after a pause.
-            refused(options, bounds, &prefix, || Refusal::LockDelay).await?;
+            refused(options, bounds, &prefix, || Refusal::Full {
+                holders: state.holders.iter().cloned().collect(),
+            })
+            .await?;
             holder.ensure(false, bounds).await?;
+            if let Some(observer) = &options.on_wait {
+                observer.waiting(&Waiting {
+                    key: prefix.clone(),
+                    holder: state.holders.iter().cloned().collect::<Vec<_>>().join(", "),
+                    info: None,
+                });
+            }
             tracing::debug!(key = %prefix, backoff = ?lock_delay_backoff, "a dead holder's slot is under its lock-delay; retrying");
             bounds.pause(lock_delay_backoff).await?;
             lock_delay_backoff = (lock_delay_backoff * 2).min(lock_delay_cap);
@@ -292,7 +302,11 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
             coordination_entry.map_or(0, |e| e.modify_index),
             &encoded,
         );
-        match bounds.run(attempt).await.map_err(|i| bounds.error(i))? {
+        let outcome = bounds.run(attempt).await.map_err(|i| bounds.error(i))?;
+        if outcome.is_ok() {
+            errors.reset();
+        }
+        match outcome {
             Ok(SlotAttempt::Taken {
                 lock_index,
                 sent_at,
@@ -366,6 +380,14 @@ fn semaphore_state(
             what: format!("a value that is not a semaphore's: {what}"),
         })?
         .unwrap_or_else(|| SemaphoreState::empty(limit.into()));
+    // No semaphore ever stores a limit of 0 (Go's `SemaphoreOpts` refuses it): such a value,
+    // or an object without `Limit`, is someone's data under the semaphore's flags.
+    if state.limit == 0 {
+        return Err(AcquireError::NotALock {
+            key: coordination.to_owned(),
+            what: "a value with no semaphore limit in it".into(),
+        });
+    }
     if state.limit != u64::from(limit) {
         return Err(AcquireError::LimitConflict {
             key: coordination.to_owned(),

@@ -98,7 +98,13 @@ impl ErrorBudget {
         self.since.get_or_insert_with(Instant::now).elapsed() <= WAIT_ERROR_BUDGET
     }
 
-    /// A request succeeded: the errors before it no longer count.
+    /// Consul answered a read, but the attempt it prepares has yet to succeed: errors keep
+    /// counting (a loop whose read works and whose write keeps failing must end).
+    pub(super) fn answered(&mut self) {
+        self.answered = true;
+    }
+
+    /// An attempt went through: the errors before it no longer count.
     pub(super) fn reset(&mut self) {
         self.since = None;
         self.answered = true;
