@@ -469,3 +469,21 @@ fn a_table_for_people() {
     let json: Value = serde_json::from_str(text.trim()).expect("JSON on request");
     assert_eq!(json["session"], json!(session));
 }
+
+/// One KEY locked in both layouts: `status KEY` shows the lock on KEY itself, `status
+/// KEY/.lock` the one on KEY/.lock.
+#[test]
+fn a_dot_lock_key_is_reported_as_asked() {
+    let consul = TestConsul::start();
+    let key = consul.unique_key("dual");
+    lock(&consul, &[&key]);
+    lock(&consul, &["--consul-lock", &key]);
+    assert_eq!(status(&consul, &[&key])["layout"], json!("consullock"));
+    let found = status(&consul, &[&format!("{key}/.lock")]);
+    assert_eq!(
+        (&found["layout"], &found["lockKey"]),
+        (&json!("consul-lock"), &json!(format!("{key}/.lock")))
+    );
+    let output = consullock(&consul, &["unlock", "-r", &format!("{key}.*")]);
+    assert_eq!(code(&output), 0, "{output:?}");
+}

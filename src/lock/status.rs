@@ -242,7 +242,15 @@ pub async fn status(client: &Client, key: &str) -> Result<KeyStatus, ConsulError
         && let Some(entry) = client.kv_get(key, &QueryOptions::default()).await?.value
         && (layout::is_consul_lock(&entry) || entry.flags == SEMAPHORE_FLAG_VALUE)
     {
-        return status_of(client, prefix).await;
+        // The lock asked about first, should PREFIX itself be locked too.
+        let mut found = status_of(client, prefix).await?;
+        if let Some(lock) = &mut found.lock
+            && lock.lock_key != key
+            && let Some(asked) = found.also.iter_mut().find(|l| l.lock_key == key)
+        {
+            std::mem::swap(lock, asked);
+        }
+        return Ok(found);
     }
     status_of(client, key).await
 }
