@@ -176,7 +176,6 @@ async fn unlock_semaphore(
         // No semaphore stores a limit of 0: someone's data under the semaphore's flags.
         return Ok(Unlocked::NotALock);
     }
-    let recorded = state.holders.len();
     state.prune(&listing.value);
     let mut released = Vec::new();
     let mut left_alone = false;
@@ -197,35 +196,57 @@ async fn unlock_semaphore(
         tracing::info!(key = %prefix, session = %holder, "semaphore slot released by destroying its session");
         released.push(holder.clone());
     }
-    // The released holders stay in `.lock`: a holder may still be stopping its command, and
-    // consullock's contenders leave its slot taken for the lock-delay Consul now holds on its
-    // contender key, then prune it. Only a `.lock` left with nothing but dead holders, none of
-    // them under a lock-delay any more, is deleted (by check-and-set, as Go's `Destroy` does):
-    // it would keep the semaphore's limit fixed for good.
-    if released.is_empty() && state.holders.is_empty() && recorded > 0 && entry.session.is_none() {
-        let dead: Vec<String> = layout::SemaphoreState::decode(&entry.value)
+    // Released and dead holders leave `.lock` only once no lock-delay guards their contender
+    // key: a holder may still be stopping its command, and consullock's contenders leave its
+    // slot taken until then (they prune it afterwards). A `.lock` left with no holder is
+    // deleted, as Go's `Destroy` does; else it is rewritten. Both by check-and-set.
+    if entry.session.is_none() {
+        let stored = layout::SemaphoreState::decode(&entry.value)
             .ok()
             .flatten()
-            .map(|s| s.holders.into_iter().collect())
-            .unwrap_or_default();
-        let keys: Vec<String> = dead
+            .unwrap_or_else(|| layout::SemaphoreState::empty(state.limit));
+        let gone: Vec<&String> = stored
+            .holders
+            .iter()
+            .filter(|h| !state.holders.contains(*h) || released.contains(*h))
+            .collect();
+        let keys: Vec<String> = gone
             .iter()
             .map(|h| layout::contender_key(prefix, h))
             .collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let answers = super::lock_delay::probe(client, &keys).await?;
-        if answers
-            .iter()
-            .all(|a| *a == super::lock_delay::LockDelay::NotInForce)
-        {
-            if let Err(e) = client
-                .kv_delete(coordination, Some(entry.modify_index))
-                .await
-            {
-                tracing::debug!(key = %coordination, "cannot delete the semaphore's .lock: {e}");
+        let mut remaining = stored.clone();
+        for (holder, answer) in gone.iter().zip(&answers) {
+            if *answer == super::lock_delay::LockDelay::NotInForce {
+                remaining.holders.remove(*holder);
             }
-        } else {
-            tracing::info!(key = %coordination, "the semaphore's dead holders may still be stopping (lock-delay): .lock is left");
+        }
+        if remaining.holders.len() < stored.holders.len() || stored.holders.is_empty() {
+            let done = if remaining.holders.is_empty() {
+                client
+                    .kv_delete(coordination, Some(entry.modify_index))
+                    .await
+            } else {
+                client
+                    .kv_put(
+                        coordination,
+                        &remaining.encode(),
+                        crate::consul::PutMode::Cas(entry.modify_index),
+                        Some(layout::SEMAPHORE_FLAG_VALUE),
+                    )
+                    .await
+            };
+            if let Err(e) = done {
+                tracing::debug!(key = %coordination, "cannot tidy the semaphore's holders: {e}");
+            }
+        }
+        let kept = answers
+            .iter()
+            .filter(|a| **a != super::lock_delay::LockDelay::NotInForce)
+            .count();
+        if kept > 0 {
+            tracing::info!(key = %coordination, kept, "holders under a lock-delay stay in .lock until it has passed");
         }
     }
     Ok(match (released.is_empty(), left_alone) {
