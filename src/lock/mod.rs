@@ -630,15 +630,7 @@ async fn attempts<C: Future<Output = ()>>(
                     .await?
                     .id()
                     .to_owned();
-                let info = LockInfo {
-                    created: timestamp_now(),
-                    key: key.to_owned(),
-                    metadata: options.metadata.clone(),
-                    seconds_to_lock: bounds.started.elapsed().as_secs_f64(),
-                    session: session_id.clone(),
-                    hostname: hostname.clone(),
-                    pid: Some(std::process::id()),
-                };
+                let info = new_info(key, &session_id, options, bounds.started, &hostname);
                 let value = if layout.stores_info {
                     info.to_value()
                 } else {
@@ -714,15 +706,8 @@ async fn attempts<C: Future<Output = ()>>(
             && ours == holder_session
             && let Some(entry) = read.value.as_ref()
             && let Some(info) = info.clone().or_else(|| {
-                (!layout.stores_info).then(|| LockInfo {
-                    created: timestamp_now(),
-                    key: key.to_owned(),
-                    metadata: options.metadata.clone(),
-                    seconds_to_lock: bounds.started.elapsed().as_secs_f64(),
-                    session: ours.to_owned(),
-                    hostname: hostname.clone(),
-                    pid: Some(std::process::id()),
-                })
+                (!layout.stores_info)
+                    .then(|| new_info(key, ours, options, bounds.started, &hostname))
             })
         {
             // Ours already: an attempt whose answer was lost (a timeout after the commit) took
@@ -785,6 +770,25 @@ async fn attempts<C: Future<Output = ()>>(
             bounds,
         );
         known = after_wait(wait.await, &mut errors, bounds, "the lock").await?;
+    }
+}
+
+/// Our lock's JSON for `session` taking `key` now, as both tools write it.
+fn new_info(
+    key: &str,
+    session: &str,
+    options: &AcquireOptions,
+    started: tokio::time::Instant,
+    hostname: &Option<String>,
+) -> LockInfo {
+    LockInfo {
+        created: timestamp_now(),
+        key: key.to_owned(),
+        metadata: options.metadata.clone(),
+        seconds_to_lock: started.elapsed().as_secs_f64(),
+        session: session.to_owned(),
+        hostname: hostname.clone(),
+        pid: Some(std::process::id()),
     }
 }
 

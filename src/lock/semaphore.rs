@@ -41,13 +41,13 @@ use super::layout::{
     prefix_of,
 };
 use super::lock_delay::{self, LockDelay};
-use super::value::{LockInfo, timestamp_now};
+use super::value::LockInfo;
 use super::wait::{
     self, Bounds, EarlyReturnBackoff, ErrorBudget, after_wait, wait_for_listing_change,
 };
 use super::{
     AcquireError, AcquireOptions, Acquired, Holder, LOCK_DELAY_BACKOFF_START,
-    MIN_LOCK_DELAY_BACKOFF_CAP, Refusal, Waiting, held, refused,
+    MIN_LOCK_DELAY_BACKOFF_CAP, Refusal, Waiting, held, new_info, refused,
 };
 
 /// How many times a release reads `.lock` again after losing a check-and-set race before it
@@ -193,15 +193,8 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
         {
             // Ours already: an attempt whose answer was lost took it.
             tracing::info!(key = %prefix, session = %ours, "the slot is already ours");
-            let info = LockInfo::parse(&entry.value).unwrap_or_else(|| LockInfo {
-                created: timestamp_now(),
-                key: prefix.clone(),
-                metadata: options.metadata.clone(),
-                seconds_to_lock: bounds.started.elapsed().as_secs_f64(),
-                session: ours.to_owned(),
-                hostname: hostname.clone(),
-                pid: Some(std::process::id()),
-            });
+            let info = LockInfo::parse(&entry.value)
+                .unwrap_or_else(|| new_info(&prefix, ours, options, bounds.started, &hostname));
             return Ok(Acquired {
                 info,
                 value: entry.value.clone(),
@@ -279,15 +272,7 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
             .id()
             .to_owned();
         let contender = contender_key(&prefix, &session_id);
-        let info = LockInfo {
-            created: timestamp_now(),
-            key: prefix.clone(),
-            metadata: options.metadata.clone(),
-            seconds_to_lock: bounds.started.elapsed().as_secs_f64(),
-            session: session_id.clone(),
-            hostname: hostname.clone(),
-            pid: Some(std::process::id()),
-        };
+        let info = new_info(&prefix, &session_id, options, bounds.started, &hostname);
         // Go's contenders store nothing in their key; ours says who holds the slot, for
         // `status` and for `unlock`, which only frees consullock's own.
         let value = info.to_value();
