@@ -1120,6 +1120,33 @@ fn unlock_clears_a_semaphore_whose_holders_are_all_dead() {
     assert_eq!(consul.keys_under(&prefix), Vec::<String>::new());
 }
 
+/// `execute -n 2` with the given lock-delay (a 10 s TTL, a 1 s kill grace) running a stamped
+/// heartbeat (with `heartbeat_flags`), started in the background, its stderr discarded.
+fn spawn_slot_holder(
+    consul: &TestConsul,
+    lock_delay: &str,
+    prefix: &str,
+    log: &Path,
+    run: u64,
+    millis: u64,
+    heartbeat_flags: &[&str],
+) -> std::process::Child {
+    let settings = [
+        "-n",
+        "2",
+        "--session-ttl",
+        "10",
+        "--lock-delay",
+        lock_delay,
+        "--kill-grace",
+        "1",
+    ];
+    let mut command = stamped(consul, &settings, prefix, log, run, millis);
+    command.args(heartbeat_flags);
+    command.stderr(std::process::Stdio::null());
+    command.spawn().expect("spawn consullock")
+}
+
 /// A slot holder that cannot hear of its loss (its consullock stopped, as in a partition) while
 /// its session is destroyed: consullock's waiter finds it dead in `.lock`, but Consul holds the
 /// dead session's lock-delay on its contender key, so the waiter leaves the slot taken until
@@ -1132,21 +1159,8 @@ fn a_dead_holders_slot_stays_taken_for_its_lock_delay() {
     let prefix = consul.unique_key("sem-lock-delay");
     let scratch = Scratch::new("sem-lock-delay");
     let log = stamp_log(&scratch);
-    let settings = [
-        "-n",
-        "2",
-        "--session-ttl",
-        "10",
-        "--lock-delay",
-        "5",
-        "--kill-grace",
-        "1",
-    ];
-    let spawn = |run: u64, millis: u64| {
-        let mut command = stamped(&consul, &settings, &prefix, &log, run, millis);
-        command.stderr(std::process::Stdio::null());
-        command.spawn().expect("spawn consullock")
-    };
+    let spawn =
+        |run: u64, millis: u64| spawn_slot_holder(&consul, "5", &prefix, &log, run, millis, &[]);
     let mut partitioned = spawn(1, 60_000);
     let mut other = spawn(2, 60_000);
     wait_until(DEADLINE, "both slots taken", || runs(&log).len() == 2);
@@ -1192,21 +1206,9 @@ fn unlock_of_a_semaphore_keeps_the_released_slots_for_their_lock_delay() {
     let prefix = consul.unique_key("sem-unlock-delay");
     let scratch = Scratch::new("sem-unlock-delay");
     let log = stamp_log(&scratch);
-    let settings = [
-        "-n",
-        "2",
-        "--session-ttl",
-        "10",
-        "--lock-delay",
-        "3",
-        "--kill-grace",
-        "1",
-    ];
+    let linger = ["--linger", "800"];
     let spawn = |run: u64, millis: u64| {
-        let mut command = stamped(&consul, &settings, &prefix, &log, run, millis);
-        command.args(["--linger", "800"]);
-        command.stderr(std::process::Stdio::null());
-        command.spawn().expect("spawn consullock")
+        spawn_slot_holder(&consul, "3", &prefix, &log, run, millis, &linger)
     };
     let mut holders = [spawn(1, 60_000), spawn(2, 60_000)];
     wait_until(DEADLINE, "both slots taken", || runs(&log).len() == 2);

@@ -176,6 +176,7 @@ async fn unlock_semaphore(
         // No semaphore stores a limit of 0: someone's data under the semaphore's flags.
         return Ok(Unlocked::NotALock);
     }
+    let stored = state.clone();
     state.prune(&listing.value);
     let mut released = Vec::new();
     let mut left_alone = false;
@@ -201,50 +202,30 @@ async fn unlock_semaphore(
     // slot taken until then (they prune it afterwards). A `.lock` left with no holder is
     // deleted, as Go's `Destroy` does; else it is rewritten. Both by check-and-set.
     if entry.session.is_none() {
-        let stored = layout::SemaphoreState::decode(&entry.value)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| layout::SemaphoreState::empty(state.limit));
-        let gone: Vec<&String> = stored
+        let gone: Vec<String> = stored
             .holders
             .iter()
             .filter(|h| !state.holders.contains(*h) || released.contains(*h))
+            .cloned()
             .collect();
-        let keys: Vec<String> = gone
-            .iter()
-            .map(|h| layout::contender_key(prefix, h))
-            .collect();
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let answers = super::lock_delay::probe(client, &keys).await?;
+        let answers = super::semaphore::probe_contenders(client, prefix, &gone).await?;
         let mut remaining = stored.clone();
         for (holder, answer) in gone.iter().zip(&answers) {
             if *answer == super::lock_delay::LockDelay::NotInForce {
-                remaining.holders.remove(*holder);
+                remaining.holders.remove(holder);
             }
         }
         if remaining.holders.len() < stored.holders.len() || stored.holders.is_empty() {
-            let done = if remaining.holders.is_empty() {
-                client
-                    .kv_delete(coordination, Some(entry.modify_index))
-                    .await
-            } else {
-                client
-                    .kv_put(
-                        coordination,
-                        &remaining.encode(),
-                        crate::consul::PutMode::Cas(entry.modify_index),
-                        Some(layout::SEMAPHORE_FLAG_VALUE),
-                    )
-                    .await
-            };
-            if let Err(e) = done {
+            let encoded = remaining.encode();
+            let replacement = (!remaining.holders.is_empty()).then_some(encoded.as_slice());
+            let index = entry.modify_index;
+            let done =
+                super::semaphore::write_coordination(client, coordination, index, replacement);
+            if let Err(e) = done.await {
                 tracing::debug!(key = %coordination, "cannot tidy the semaphore's holders: {e}");
             }
         }
-        let kept = answers
-            .iter()
-            .filter(|a| **a != super::lock_delay::LockDelay::NotInForce)
-            .count();
+        let kept = gone.len() - (stored.holders.len() - remaining.holders.len());
         if kept > 0 {
             tracing::info!(key = %coordination, kept, "holders under a lock-delay stay in .lock until it has passed");
         }

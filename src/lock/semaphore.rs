@@ -170,9 +170,7 @@ pub(super) async fn attempts<C: Future<Output = ()>>(
         let dead: Vec<String> = recorded.difference(&state.holders).cloned().collect();
         let mut delayed = false;
         if !dead.is_empty() {
-            let keys: Vec<String> = dead.iter().map(|h| contender_key(&prefix, h)).collect();
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let probe = lock_delay::probe(client, &keys);
+            let probe = probe_contenders(client, &prefix, &dead);
             let Some(answers) =
                 wait::request(bounds, &mut errors, options.non_blocking, "a slot", probe).await?
             else {
@@ -559,24 +557,44 @@ async fn release_without_txn(
 ) -> Result<bool, ConsulError> {
     let was_holder = remaining.is_some();
     if let Some((index, last, encoded)) = remaining {
-        let done = if last {
-            client.kv_delete(&slot.coordination, Some(index)).await?
-        } else {
-            client
-                .kv_put(
-                    &slot.coordination,
-                    &encoded,
-                    PutMode::Cas(index),
-                    Some(SEMAPHORE_FLAG_VALUE),
-                )
-                .await?
-        };
-        if !done {
+        let replacement = (!last).then_some(encoded.as_slice());
+        if !write_coordination(client, &slot.coordination, index, replacement).await? {
             tracing::debug!(key = %slot.prefix, "lost a race releasing the slot; the next contender prunes our entry");
         }
     }
     client.kv_delete(&slot.contender, None).await?;
     Ok(was_holder)
+}
+
+/// Whether Consul holds a lock-delay on the contender key of each of `holders` under `prefix`:
+/// the trace a holder whose session was invalidated leaves (see [`lock_delay`]).
+pub(super) async fn probe_contenders(
+    client: &Client,
+    prefix: &str,
+    holders: &[String],
+) -> Result<Vec<LockDelay>, ConsulError> {
+    let keys: Vec<String> = holders.iter().map(|h| contender_key(prefix, h)).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    lock_delay::probe(client, &keys).await
+}
+
+/// Replaces the `.lock` at `coordination` if it is still at `index`: with `replacement`, or,
+/// when `None` (no holder left), by deleting it, as Go's `Destroy` does. Whether it was.
+pub(super) async fn write_coordination(
+    client: &Client,
+    coordination: &str,
+    index: u64,
+    replacement: Option<&[u8]>,
+) -> Result<bool, ConsulError> {
+    match replacement {
+        None => client.kv_delete(coordination, Some(index)).await,
+        Some(value) => {
+            let mode = PutMode::Cas(index);
+            client
+                .kv_put(coordination, value, mode, Some(SEMAPHORE_FLAG_VALUE))
+                .await
+        }
+    }
 }
 
 #[cfg(test)]
